@@ -1,0 +1,140 @@
+//! Validated, typed settings: what the rest of sluice runs on.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole, valid configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`); `None` when not configured.
+    pub admin: Option<SocketAddr>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub log: LogSettings,
+    /// Worker threads for the runtime; `None` means one per core.
+    pub workers: Option<usize>,
+    pub listeners: Vec<ListenerSettings>,
+    pub routes: Vec<RouteSettings>,
+    pub upstreams: Vec<UpstreamSettings>,
+    /// The file these settings came from.
+    pub source: PathBuf,
+}
+
+/// Time limits; every one has a default (see [`Timeouts::default`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Upstream TCP connect, per server tried.
+    pub connect: Duration,
+    /// From sending a request upstream to its response head (a handshake's 101 too).
+    pub upstream_response: Duration,
+    /// For a client to send a complete request head. The clock starts when the
+    /// connection is ready for a request, so this also closes idle keep-alive
+    /// connections.
+    pub request_header: Duration,
+    /// A tunnel with no bytes either way for this long is closed.
+    pub idle: Duration,
+    /// On shutdown, how long open requests and tunnels may keep running.
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        // The same order of magnitude as nginx's and HAProxy's defaults, with a shorter
+        // header timeout: a slow request head is the cheapest attack on a proxy.
+        Timeouts {
+            connect: Duration::from_secs(5),
+            upstream_response: Duration::from_secs(60),
+            request_header: Duration::from_secs(10),
+            idle: Duration::from_secs(300),
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Client connections open at once, tunnels included, for the whole process.
+    pub max_connections: usize,
+    /// The largest request head (request line and headers) accepted; larger gets 431.
+    pub max_request_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 100_000,
+            max_request_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// One line per request and per finished tunnel.
+    pub access: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// One proxy listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSettings {
+    pub name: String,
+    pub listen: SocketAddr,
+}
+
+/// One route: which requests go to which upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSettings {
+    /// The metrics and log label.
+    pub name: String,
+    /// Lowercase host name without port; `None` matches any host.
+    pub host: Option<String>,
+    /// Path prefix, always starting with `/`.
+    pub path: String,
+    /// Index into [`Settings::upstreams`].
+    pub upstream: usize,
+}
+
+/// One upstream: a named group of servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSettings {
+    pub name: String,
+    pub servers: Servers,
+    /// Idle keep-alive connections kept per server for ordinary HTTP requests.
+    pub keepalive: usize,
+}
+
+/// Where an upstream's servers are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Servers {
+    /// Servers at fixed addresses, as written (`host:port`) and resolved.
+    Addresses(Vec<ServerAddr>),
+    /// A server built into sluice, started on a loopback port when the gateway starts.
+    Builtin(Builtin),
+}
+
+/// One upstream server address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerAddr {
+    /// As written in the configuration; the label in logs.
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// The servers sluice can run itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    /// A WebSocket echo server that also serves a small test page over plain HTTP.
+    Echo,
+}

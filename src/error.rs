@@ -1,0 +1,153 @@
+//! The proxy's one error type, classified by origin, with its status mapping.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::ProxyBody;
+
+/// Everything that stops a request from being proxied.
+///
+/// Each variant is the fault of one side, and [`ProxyError::status`] maps it to the
+/// status the client sees. A client error never reaches an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    // ---- the client's request ----
+    #[error("no route matches this host and path")]
+    NoRoute,
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("malformed WebSocket handshake: {0}")]
+    BadHandshake(&'static str),
+    #[error("unsupported WebSocket version (only 13 is)")]
+    UnsupportedVersion,
+    #[error("method not allowed here: {0}")]
+    MethodNotAllowed(&'static str),
+
+    // ---- the upstream ----
+    #[error("no server could be connected: {0}")]
+    Connect(std::io::Error),
+    #[error("no response head within {0:?}")]
+    ResponseTimeout(Duration),
+    #[error("upstream failed: {0}")]
+    Upstream(#[source] hyper::Error),
+    #[error("upstream refused the WebSocket upgrade with an invalid 101: {0}")]
+    BadUpgradeResponse(&'static str),
+    #[error("upstream answered 101 to a request that asked for no upgrade")]
+    UnexpectedUpgrade,
+}
+
+/// Which side a failure belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    Upstream,
+}
+
+impl ProxyError {
+    /// The status the client is answered with.
+    pub fn status(&self) -> StatusCode {
+        // Exhaustive on purpose: a new variant must choose its status here.
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest(_) | ProxyError::BadHandshake(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Connect(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::BadUpgradeResponse(_)
+            | ProxyError::UnexpectedUpgrade => StatusCode::BAD_GATEWAY,
+            ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Whose fault it is.
+    pub fn origin(&self) -> Origin {
+        match self {
+            ProxyError::NoRoute
+            | ProxyError::BadRequest(_)
+            | ProxyError::BadHandshake(_)
+            | ProxyError::UnsupportedVersion
+            | ProxyError::MethodNotAllowed(_) => Origin::Client,
+            ProxyError::Connect(_)
+            | ProxyError::ResponseTimeout(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::BadUpgradeResponse(_)
+            | ProxyError::UnexpectedUpgrade => Origin::Upstream,
+        }
+    }
+
+    /// The response sent to the client: the status and a short plain-text body.
+    pub fn response(&self) -> Response<ProxyBody> {
+        let status = self.status();
+        let text = match self {
+            // Client errors say what was wrong; upstream errors say only what failed,
+            // since the cause (addresses, certificates) is for the operator's log.
+            ProxyError::NoRoute => "no route for this host and path\n".to_owned(),
+            ProxyError::ResponseTimeout(_) => "upstream timed out\n".to_owned(),
+            e if e.origin() == Origin::Upstream => "bad gateway\n".to_owned(),
+            e => format!("{e}\n"),
+        };
+        let mut resp = Response::new(ProxyBody::full(Bytes::from(text)));
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        match self {
+            ProxyError::UnsupportedVersion => {
+                headers.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
+            ProxyError::MethodNotAllowed(_) => {
+                headers.insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                );
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the status of every variant: changing one is a visible decision.
+    #[test]
+    fn status_mapping_is_pinned() {
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let cases = [
+            (ProxyError::NoRoute, 404, Origin::Client),
+            (ProxyError::BadRequest("x"), 400, Origin::Client),
+            (ProxyError::BadHandshake("x"), 400, Origin::Client),
+            (ProxyError::UnsupportedVersion, 426, Origin::Client),
+            (ProxyError::MethodNotAllowed("x"), 405, Origin::Client),
+            (ProxyError::Connect(io()), 502, Origin::Upstream),
+            (
+                ProxyError::ResponseTimeout(Duration::from_secs(1)),
+                504,
+                Origin::Upstream,
+            ),
+            (ProxyError::BadUpgradeResponse("x"), 502, Origin::Upstream),
+            (ProxyError::UnexpectedUpgrade, 502, Origin::Upstream),
+        ];
+        for (err, status, origin) in cases {
+            assert_eq!(err.status().as_u16(), status, "{err:?}");
+            assert_eq!(err.origin(), origin, "{err:?}");
+            assert_eq!(err.response().status().as_u16(), status);
+        }
+    }
+
+    #[test]
+    fn upgrade_required_names_the_version() {
+        let resp = ProxyError::UnsupportedVersion.response();
+        assert_eq!(resp.headers()[header::SEC_WEBSOCKET_VERSION], "13");
+    }
+}

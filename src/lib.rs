@@ -1,0 +1,44 @@
+//! sluice: a reverse proxy and WebSocket tunneling gateway.
+//!
+//! Ordinary HTTP requests are proxied to upstream servers over pooled keep-alive
+//! connections. A WebSocket handshake is checked, forwarded, and turned into a tunnel
+//! only when the upstream answers with a valid `101 Switching Protocols`; the two
+//! connections are then spliced both ways until they are done.
+//!
+//! # Layout
+//! - [`config`]: the TOML file structs, loading, and validation into typed settings.
+//! - [`gateway`]: starts everything one configuration runs; the library's entry point.
+//! - [`server`]: listeners: bind, connection limit, accept with back-off.
+//! - [`conn`]: one client connection served as HTTP/1.1 with upgrades.
+//! - [`proxy`]: the request service: check, route, rewrite, forward, respond.
+//! - [`route`]: the immutable routing table (host, then longest path prefix).
+//! - [`upstream`]: server choice, connect with timeout and fail-over, connection pool.
+//! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`.
+//! - [`handshake`]: the WebSocket handshake: recognise, check, and check the 101.
+//! - [`tunnel`]: the two-way splice with bounded buffers, half-close and idle timeout.
+//! - [`body`]: the response body type: sluice's own messages or a streamed upstream body.
+//! - [`error`]: the one proxy error type and its status mapping.
+//! - [`metrics`]: the Prometheus registry and typed handles.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`shutdown`]: drain with a grace period, counting tunnels as well as connections.
+//! - [`echo`]: the built-in WebSocket echo upstream.
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod conn;
+pub mod echo;
+pub mod error;
+pub mod gateway;
+pub mod handshake;
+pub mod headers;
+pub mod metrics;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod shutdown;
+pub mod tunnel;
+pub mod upstream;
+
+pub use config::{ConfigError, Settings};
+pub use gateway::{Gateway, StartError};

@@ -1,0 +1,109 @@
+//! The `sluice` command: load the configuration, run the gateway until a signal.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluice::Gateway;
+use sluice::config::{self, LogFormat};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+/// A reverse proxy and WebSocket tunneling gateway.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// The configuration file.
+    #[arg(short, long, value_name = "FILE", default_value = "config/sluice.toml")]
+    config: PathBuf,
+    /// Check the configuration and exit: 0 if it is valid, 1 with every problem if not.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let settings = match config::load(&args.config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            let n = e.problems.len();
+            eprintln!(
+                "{}: {n} problem{} found",
+                args.config.display(),
+                if n == 1 { "" } else { "s" }
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.check {
+        println!("{}: ok", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(settings.log.format);
+
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = settings.workers {
+        runtime.worker_threads(n);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(settings))
+}
+
+async fn run(settings: sluice::Settings) -> ExitCode {
+    let source = settings.source.clone();
+    let gateway = match Gateway::start(settings).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(config = %source.display(), version = env!("CARGO_PKG_VERSION"), "sluice started");
+
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::warn!("SIGHUP: live reload is not implemented yet; the configuration is unchanged");
+            }
+        }
+    }
+    tracing::info!("shutting down: draining connections and tunnels");
+    let drain = gateway.shutdown();
+    tokio::pin!(drain);
+    let forced = tokio::select! {
+        n = &mut drain => n,
+        // A second signal means now.
+        _ = term.recv() => { gateway.stop_now(); 0 }
+        _ = int.recv() => { gateway.stop_now(); 0 }
+    };
+    tracing::info!(cut = forced, "stopped");
+    ExitCode::SUCCESS
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
