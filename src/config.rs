@@ -144,6 +144,7 @@ pub(crate) struct TimeoutsFile {
     pub upstream_response: Option<Spanned<String>>,
     pub request_header: Option<Spanned<String>>,
     pub idle: Option<Spanned<String>>,
+    pub half_closed: Option<Spanned<String>>,
     pub drain: Option<Spanned<String>>,
 }
 

@@ -1,5 +1,6 @@
 //! The `sluice` command: load the configuration, run the gateway until a signal.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -57,6 +58,16 @@ fn main() -> ExitCode {
 }
 
 async fn run(settings: sluice::Settings) -> ExitCode {
+    // Before anything is started: a signal that arrives while starting must be
+    // handled as a request to stop, not kill the process.
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
     let source = settings.source.clone();
     let gateway = match Gateway::start(settings).await {
         Ok(g) => g,
@@ -67,14 +78,6 @@ async fn run(settings: sluice::Settings) -> ExitCode {
     };
     tracing::info!(config = %source.display(), version = env!("CARGO_PKG_VERSION"), "sluice started");
 
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return ExitCode::FAILURE;
-    };
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -101,6 +104,7 @@ fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

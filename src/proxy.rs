@@ -144,7 +144,10 @@ impl Proxy {
                     client_upgrade,
                     &route,
                     conn,
-                    timeouts.idle,
+                    tunnel::Timers {
+                        idle: timeouts.idle,
+                        half_closed: timeouts.half_closed,
+                    },
                 )
                 .await;
         }
@@ -195,7 +198,7 @@ impl Proxy {
         client_upgrade: hyper::upgrade::OnUpgrade,
         route: &Arc<Route>,
         conn: &Arc<ConnInfo>,
-        idle: std::time::Duration,
+        timers: tunnel::Timers,
     ) -> Result<Response<ProxyBody>, Failure> {
         let (mut resp, server) = match route.upstream.send_upgrade(req).await {
             Ok(r) => r,
@@ -248,7 +251,7 @@ impl Proxy {
                     return;
                 }
             };
-            run_tunnel(client, upstream, &route, &conn, &server.name, idle, &shutdown).await;
+            run_tunnel(client, upstream, &route, &conn, &server.name, timers, &shutdown).await;
         });
         Ok(Response::from_parts(parts, ProxyBody::empty()))
     }
@@ -261,7 +264,7 @@ async fn run_tunnel(
     route: &Route,
     conn: &ConnInfo,
     server: &str,
-    idle: std::time::Duration,
+    timers: tunnel::Timers,
     shutdown: &Shutdown,
 ) {
     let started = Instant::now();
@@ -274,14 +277,14 @@ async fn run_tunnel(
     let report = tunnel::run(
         TokioIo::new(client),
         TokioIo::new(upstream),
-        idle,
+        timers,
         counters,
         shutdown.stopped(),
     )
     .await;
-    metrics.tunnels_active.dec();
     let duration = started.elapsed();
     metrics.tunnel_duration.observe(duration.as_secs_f64());
+    metrics.tunnels_active.dec();
     tracing::debug!(
         client = %conn.client, listener = %conn.listener, route = %route.name, server,
         end = report.end.as_str(), client_to_upstream = report.client_to_upstream,

@@ -5,7 +5,9 @@
 //! memory. An end of stream one way shuts down the write side of the other while the
 //! opposite direction keeps flowing (half-close). The tunnel ends when both directions
 //! have ended, on an error or reset of either side, after `idle` with no bytes either
-//! way, or when shutdown's drain period is over.
+//! way (`half_closed`, once one direction has ended: a peer that never closes its side
+//! must not hold the tunnel for the whole idle period), or when shutdown's drain period
+//! is over.
 //!
 //! Reads go into a per-thread scratch buffer, and bytes are copied into a buffer of
 //! the pump's own only when the writer cannot take them at once. An idle tunnel
@@ -69,6 +71,15 @@ pub struct Report {
     pub upstream_to_client: u64,
 }
 
+/// How long a tunnel may go without moving a byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timers {
+    /// While both directions are open.
+    pub idle: Duration,
+    /// Once one direction has ended.
+    pub half_closed: Duration,
+}
+
 /// Live byte counters for the two directions.
 pub struct Counters {
     pub client_to_upstream: IntCounter,
@@ -80,7 +91,7 @@ pub struct Counters {
 pub async fn run<C, U>(
     client: C,
     upstream: U,
-    idle: Duration,
+    timers: Timers,
     counters: Counters,
     stop: impl Future<Output = ()>,
 ) -> Report
@@ -94,9 +105,10 @@ where
         up: Pump::default(),
         down: Pump::default(),
         first_eof: None,
-        idle,
+        limit: timers.idle,
+        timers,
         last_activity: Instant::now(),
-        idle_timer: Box::pin(tokio::time::sleep(idle)),
+        idle_timer: Box::pin(tokio::time::sleep(timers.idle)),
         counters,
     };
     let end = tokio::select! {
@@ -118,7 +130,9 @@ struct Splice<C, U> {
     /// Upstream to client.
     down: Pump,
     first_eof: Option<End>,
-    idle: Duration,
+    timers: Timers,
+    /// The inactivity limit now in force: `idle`, then `half_closed`.
+    limit: Duration,
     last_activity: Instant,
     // The timer is reset only when it fires, from `last_activity`: moving it on every
     // read would cost a timer-wheel update per message.
@@ -157,12 +171,15 @@ where
         if let Poll::Ready(Err(side)) = down {
             return Poll::Ready(side.end(End::UpstreamError, End::ClientError));
         }
-        if this.first_eof.is_none() {
-            if this.up.eof {
-                this.first_eof = Some(End::ClientClosed);
-            } else if this.down.eof {
-                this.first_eof = Some(End::UpstreamClosed);
-            }
+        if this.first_eof.is_none() && (this.up.eof || this.down.eof) {
+            this.first_eof = Some(if this.up.eof {
+                End::ClientClosed
+            } else {
+                End::UpstreamClosed
+            });
+            this.limit = this.timers.idle.min(this.timers.half_closed);
+            let deadline = this.last_activity.max(Instant::now()) + this.limit;
+            this.idle_timer.as_mut().reset(deadline);
         }
         if up.is_ready() && down.is_ready() {
             return Poll::Ready(this.first_eof.unwrap_or(End::ClientClosed));
@@ -172,7 +189,7 @@ where
             this.last_activity = Instant::now();
         }
         while this.idle_timer.as_mut().poll(cx).is_ready() {
-            let deadline = this.last_activity + this.idle;
+            let deadline = this.last_activity + this.limit;
             if deadline <= Instant::now() {
                 return Poll::Ready(End::Idle);
             }
@@ -331,6 +348,13 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
+    fn timers(secs: u64) -> Timers {
+        Timers {
+            idle: Duration::from_secs(secs),
+            half_closed: Duration::from_secs(secs),
+        }
+    }
+
     fn counters() -> Counters {
         Counters {
             client_to_upstream: IntCounter::new("a", "a").unwrap(),
@@ -344,13 +368,7 @@ mod tests {
         let (upstream, mut upstream_peer) = duplex(1024);
         let c = counters();
         let up_counter = c.client_to_upstream.clone();
-        let task = tokio::spawn(run(
-            client,
-            upstream,
-            Duration::from_secs(60),
-            c,
-            std::future::pending(),
-        ));
+        let task = tokio::spawn(run(client, upstream, timers(60), c, std::future::pending()));
 
         client_peer.write_all(b"hello").await.unwrap();
         let mut buf = [0u8; 5];
@@ -382,7 +400,7 @@ mod tests {
         let task = tokio::spawn(run(
             client,
             upstream,
-            Duration::from_secs(60),
+            timers(60),
             counters(),
             std::future::pending(),
         ));
@@ -407,12 +425,33 @@ mod tests {
         let report = run(
             client,
             upstream,
-            Duration::from_secs(5),
+            timers(5),
             counters(),
             std::future::pending(),
         )
         .await;
         assert_eq!(report.end, End::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_closed_tunnel_closes_after_the_shorter_timer() {
+        let (client, mut client_peer) = duplex(1024);
+        let (upstream, _u) = duplex(1024);
+        let started = Instant::now();
+        let run = tokio::spawn(run(
+            client,
+            upstream,
+            Timers {
+                idle: Duration::from_secs(300),
+                half_closed: Duration::from_secs(5),
+            },
+            counters(),
+            std::future::pending(),
+        ));
+        client_peer.shutdown().await.unwrap();
+        let report = run.await.unwrap();
+        assert_eq!(report.end, End::Idle);
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[tokio::test]
@@ -422,7 +461,7 @@ mod tests {
         let report = run(
             client,
             upstream,
-            Duration::from_secs(60),
+            timers(60),
             counters(),
             std::future::ready(()),
         )

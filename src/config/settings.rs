@@ -34,6 +34,9 @@ pub struct Timeouts {
     pub request_header: Duration,
     /// A tunnel with no bytes either way for this long is closed.
     pub idle: Duration,
+    /// Once one side of a tunnel has ended its stream, the tunnel is closed after this
+    /// long with no bytes (or `idle`, if shorter).
+    pub half_closed: Duration,
     /// On shutdown, how long open requests and tunnels may keep running.
     pub drain: Duration,
 }
@@ -47,6 +50,7 @@ impl Default for Timeouts {
             upstream_response: Duration::from_secs(60),
             request_header: Duration::from_secs(10),
             idle: Duration::from_secs(300),
+            half_closed: Duration::from_secs(30),
             drain: Duration::from_secs(30),
         }
     }

@@ -34,6 +34,10 @@ pub(super) fn settings(file: File, text: &str, _base: &Path) -> Result<Settings,
     let listeners = v.listeners(&file.listeners, admin);
     let routes = v.routes(&file.routes, &file.upstreams);
 
+    // In file order, so the list reads top to bottom; problems of the file as a whole
+    // (no listeners, no routes) first.
+    v.problems
+        .sort_by_key(|p| p.at.map(|a| (a.line, a.column)));
     if v.problems.is_empty() {
         Ok(Settings {
             admin,
@@ -132,6 +136,7 @@ impl Validator<'_> {
             ),
             request_header: self.duration(&t.request_header, "request_header", d.request_header),
             idle: self.duration(&t.idle, "idle", d.idle),
+            half_closed: self.duration(&t.half_closed, "half_closed", d.half_closed),
             drain: self.duration(&t.drain, "drain", d.drain),
         }
     }

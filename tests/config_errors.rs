@@ -1,0 +1,176 @@
+//! Configuration errors: each names the file, the line and column, and the problem;
+//! every problem in a file is reported in one run.
+
+use std::path::Path;
+use std::process::Command;
+
+fn problems(toml: &str) -> String {
+    match sluice::config::parse(toml, Path::new("bad.toml")) {
+        Ok(_) => panic!("accepted:\n{toml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const GOOD_TAIL: &str = r#"
+[[routes]]
+path = "/"
+upstream = "b"
+
+[upstreams.b]
+servers = ["127.0.0.1:9001"]
+"#;
+
+#[test]
+fn unknown_keys_are_named_with_their_position() {
+    let toml = format!("[[listeners]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\nlisen = \"x\"\n{GOOD_TAIL}");
+    let msg = problems(&toml);
+    assert!(msg.starts_with("bad.toml:4:1: unknown field `lisen`"), "{msg}");
+}
+
+#[test]
+fn a_route_to_an_unknown_upstream_is_named() {
+    let toml = r#"
+[[listeners]]
+listen = "127.0.0.1:0"
+
+[[routes]]
+path = "/"
+upstream = "chatt"
+
+[upstreams.chat]
+servers = ["127.0.0.1:9001"]
+"#;
+    let msg = problems(toml);
+    assert_eq!(
+        msg,
+        "bad.toml:7:12: route 1 names upstream \"chatt\", which is not defined (defined: chat)"
+    );
+}
+
+#[test]
+fn two_listeners_on_one_address() {
+    let toml = format!(
+        "[[listeners]]\nname = \"a\"\nlisten = \"127.0.0.1:8080\"\n[[listeners]]\nname = \"b\"\nlisten = \"127.0.0.1:8080\"\n{GOOD_TAIL}"
+    );
+    let msg = problems(&toml);
+    assert_eq!(
+        msg,
+        "bad.toml:6:10: listener \"b\" listens on 127.0.0.1:8080, which listener \"a\" already uses"
+    );
+}
+
+#[test]
+fn an_empty_server_list() {
+    let toml = "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"b\"\n[upstreams.b]\nservers = []\n";
+    let msg = problems(toml);
+    assert_eq!(
+        msg,
+        "bad.toml:6:11: upstream \"b\" has an empty server list: list at least one server"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let toml = r#"
+[admin]
+listen = "localhost"
+
+[timeouts]
+connect = "5 parsecs"
+idle = "0s"
+
+[limits]
+max_request_header_bytes = 10
+
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:8080"
+
+[[listeners]]
+name = "http"
+listen = "nowhere"
+
+[[routes]]
+path = "ws"
+upstream = "b"
+
+[[routes]]
+host = "https://x.example.com/"
+upstream = "missing"
+
+[upstreams.b]
+servers = ["no-port", "127.0.0.1:99999"]
+
+[upstreams.c]
+"#;
+    let msg = problems(toml);
+    let expected = [
+        "bad.toml:3:10: admin listen `localhost` is not an IP address and port",
+        "bad.toml:6:11: timeouts.connect = \"5 parsecs\" is not a duration",
+        "bad.toml:7:8: timeouts.idle must be longer than zero",
+        "bad.toml:10:28: limits.max_request_header_bytes = 10 is out of range: it must be from 1024 to 1048576",
+        "bad.toml:29:12: upstream \"b\": server `no-port` is not host:port",
+        "bad.toml:29:23: upstream \"b\": server `127.0.0.1:99999` is not host:port",
+        "bad.toml:31:12: upstream \"c\" has no `servers`",
+        "bad.toml:18:10: listener listen `nowhere` is not an IP address and port",
+        "bad.toml:21:8: route path \"ws\" must start with `/`",
+        "bad.toml:26:12: route 2 names upstream \"missing\", which is not defined (defined: b, c)",
+        "bad.toml:25:8: route host \"https://x.example.com/\" is not a host name",
+    ];
+    for e in expected {
+        assert!(msg.contains(e), "missing:\n  {e}\nin:\n{msg}");
+    }
+    assert_eq!(msg.lines().filter(|l| l.starts_with("bad.toml:")).count(), expected.len(), "{msg}");
+}
+
+#[test]
+fn no_listeners_or_routes() {
+    let msg = problems("");
+    assert!(msg.contains("bad.toml: no [[listeners]]"), "{msg}");
+    assert!(msg.contains("bad.toml: no [[routes]]"), "{msg}");
+}
+
+#[test]
+fn syntax_errors_have_positions() {
+    let msg = problems("[[listeners]]\nlisten = \"127.0.0.1:0\nname = 1\n");
+    assert!(msg.starts_with("bad.toml:2:"), "{msg}");
+}
+
+#[test]
+fn check_flag_accepts_the_shipped_configs_and_rejects_bad_ones() {
+    let bin = env!("CARGO_BIN_EXE_sluice");
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in ["config/sluice.toml", "config/example.toml"] {
+        let out = Command::new(bin)
+            .args(["-c", &format!("{root}/{file}"), "--check"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).ends_with(": ok\n"));
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"x\"\n").unwrap();
+    let out = Command::new(bin)
+        .args(["-c", bad.to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:4:12: route 1 names upstream \"x\", which is not defined", bad.display())),
+        "{err}"
+    );
+
+    let out = Command::new(bin)
+        .args(["-c", "/nonexistent/sluice.toml", "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/sluice.toml: cannot read the file"));
+}
