@@ -125,7 +125,12 @@ WebSocket to the same address; what you send comes back.</p>
 const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + location.pathname;
 const log = (line) => { document.getElementById("log").textContent += line + "\n"; };
 const ws = new WebSocket(url);
-ws.onopen = () => { document.getElementById("state").textContent = "open: " + url; };
+ws.onopen = () => {
+  document.getElementById("state").textContent = "open: " + url;
+  // ?send=TEXT sends TEXT at once: a scripted browser check of the whole path.
+  const auto = new URLSearchParams(location.search).get("send");
+  if (auto) { ws.send(auto); log("> " + auto); }
+};
 ws.onclose = (e) => { document.getElementById("state").textContent = "closed (" + e.code + ")"; };
 ws.onmessage = (e) => log("< " + e.data);
 document.getElementById("f").onsubmit = (e) => {

@@ -22,9 +22,14 @@ servers = ["127.0.0.1:9001"]
 
 #[test]
 fn unknown_keys_are_named_with_their_position() {
-    let toml = format!("[[listeners]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\nlisen = \"x\"\n{GOOD_TAIL}");
+    let toml = format!(
+        "[[listeners]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\nlisen = \"x\"\n{GOOD_TAIL}"
+    );
     let msg = problems(&toml);
-    assert!(msg.starts_with("bad.toml:4:1: unknown field `lisen`"), "{msg}");
+    assert!(
+        msg.starts_with("bad.toml:4:1: unknown field `lisen`"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -120,7 +125,11 @@ servers = ["no-port", "127.0.0.1:99999"]
     for e in expected {
         assert!(msg.contains(e), "missing:\n  {e}\nin:\n{msg}");
     }
-    assert_eq!(msg.lines().filter(|l| l.starts_with("bad.toml:")).count(), expected.len(), "{msg}");
+    assert_eq!(
+        msg.lines().filter(|l| l.starts_with("bad.toml:")).count(),
+        expected.len(),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -155,7 +164,11 @@ fn check_flag_accepts_the_shipped_configs_and_rejects_bad_ones() {
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"x\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"x\"\n",
+    )
+    .unwrap();
     let out = Command::new(bin)
         .args(["-c", bad.to_str().unwrap(), "--check"])
         .output()
@@ -163,7 +176,10 @@ fn check_flag_accepts_the_shipped_configs_and_rejects_bad_ones() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("{}:4:12: route 1 names upstream \"x\", which is not defined", bad.display())),
+        err.contains(&format!(
+            "{}:4:12: route 1 names upstream \"x\", which is not defined",
+            bad.display()
+        )),
         "{err}"
     );
 
@@ -172,5 +188,8 @@ fn check_flag_accepts_the_shipped_configs_and_rejects_bad_ones() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/sluice.toml: cannot read the file"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("/nonexistent/sluice.toml: cannot read the file")
+    );
 }

@@ -70,13 +70,17 @@ async fn response_bodies_stream_as_they_are_produced() {
     .await;
     let gw = gateway_for(&[addr], "").await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
     let head = within("head", read_head(&mut s)).await.unwrap();
     assert_eq!(status_of(&head), 200);
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
     while !String::from_utf8_lossy(&got).contains("first ") {
-        let n = within("first chunk before the last is sent", s.read(&mut buf)).await.unwrap();
+        let n = within("first chunk before the last is sent", s.read(&mut buf))
+            .await
+            .unwrap();
         assert!(n > 0);
         got.extend_from_slice(&buf[..n]);
     }
@@ -102,8 +106,17 @@ async fn keep_alive_is_used_on_both_sides() {
     // Twenty requests from one client connection: the upstream saw one connection.
     assert_eq!(upstream_conns.load(Ordering::SeqCst), 1);
     let text = metrics_text(&gw).await;
-    assert_eq!(metric(&text, "sluice_connections_total{listener=\"http\"}"), 1.0);
-    assert_eq!(metric(&text, "sluice_http_requests_total{route=\"backend\",status=\"200\"}"), 20.0);
+    assert_eq!(
+        metric(&text, "sluice_connections_total{listener=\"http\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "sluice_http_requests_total{route=\"backend\",status=\"200\"}"
+        ),
+        20.0
+    );
 }
 
 #[tokio::test]
@@ -117,13 +130,28 @@ async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_set() {
     .await;
     assert_eq!(status_of(&resp), 200, "{resp}");
     let seen = resp.to_ascii_lowercase();
-    for absent in ["x-drop-me", "keep-alive:", "\nte:", "proxy-authorization", "proxy-connection"] {
-        assert!(!seen.contains(absent), "{absent} reached the upstream:\n{resp}");
+    for absent in [
+        "x-drop-me",
+        "keep-alive:",
+        "\nte:",
+        "proxy-authorization",
+        "proxy-connection",
+    ] {
+        assert!(
+            !seen.contains(absent),
+            "{absent} reached the upstream:\n{resp}"
+        );
     }
     assert!(seen.contains("host: app.example.com:8080\n"), "{resp}");
-    assert!(seen.contains("x-forwarded-for: 198.51.100.1, 127.0.0.1\n"), "{resp}");
+    assert!(
+        seen.contains("x-forwarded-for: 198.51.100.1, 127.0.0.1\n"),
+        "{resp}"
+    );
     assert!(seen.contains("x-forwarded-proto: http\n"), "{resp}");
-    assert!(seen.contains("x-forwarded-host: app.example.com:8080\n"), "{resp}");
+    assert!(
+        seen.contains("x-forwarded-host: app.example.com:8080\n"),
+        "{resp}"
+    );
     assert!(seen.contains("cookie: a=b\n"), "{resp}");
 }
 
@@ -160,10 +188,18 @@ servers = ["{addr}"]
 "#
     );
     let gw = start(&toml).await;
-    let resp = raw_exchange(gw.addr, b"GET /api HTTP/1.1\r\nHost: other.example.com\r\n\r\n").await;
+    let resp = raw_exchange(
+        gw.addr,
+        b"GET /api HTTP/1.1\r\nHost: other.example.com\r\n\r\n",
+    )
+    .await;
     assert_eq!(status_of(&resp), 404, "{resp}");
     assert!(resp.ends_with("no route for this host and path\n"));
-    let resp = raw_exchange(gw.addr, b"GET /api/x HTTP/1.1\r\nHost: ONLY.example.com:80\r\n\r\n").await;
+    let resp = raw_exchange(
+        gw.addr,
+        b"GET /api/x HTTP/1.1\r\nHost: ONLY.example.com:80\r\n\r\n",
+    )
+    .await;
     assert_eq!(status_of(&resp), 200, "{resp}");
 }
 
@@ -174,7 +210,13 @@ async fn a_dead_upstream_is_a_502() {
     assert_eq!(status_of(&resp), 502, "{resp}");
     assert!(resp.ends_with("bad gateway\n"));
     let text = metrics_text(&gw).await;
-    assert_eq!(metric(&text, "sluice_http_requests_total{route=\"backend\",status=\"502\"}"), 1.0);
+    assert_eq!(
+        metric(
+            &text,
+            "sluice_http_requests_total{route=\"backend\",status=\"502\"}"
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -247,8 +289,15 @@ async fn a_client_sending_one_byte_a_second_is_cut_off() {
     }
     assert!(closed, "the slow client was never cut off");
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(4), "cut off after {elapsed:?}");
-    assert_eq!(conns.load(Ordering::SeqCst), 0, "the slow request reached the upstream");
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "cut off after {elapsed:?}"
+    );
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        0,
+        "the slow request reached the upstream"
+    );
 }
 
 #[tokio::test]
@@ -256,7 +305,10 @@ async fn odd_requests_get_clear_refusals() {
     let (addr, conns) = mirror_backend().await;
     let gw = gateway_for(&[addr], "").await;
     let cases: [(&[u8], u16); 5] = [
-        (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            405,
+        ),
         (b"GET / HTTP/1.1\r\n\r\n", 400),
         (b"GET /static/../admin HTTP/1.1\r\nHost: t\r\n\r\n", 400),
         (b"GET /static/%2e%2E/admin HTTP/1.1\r\nHost: t\r\n\r\n", 400),
@@ -264,7 +316,12 @@ async fn odd_requests_get_clear_refusals() {
     ];
     for (req, status) in cases {
         let resp = raw_exchange(gw.addr, req).await;
-        assert_eq!(status_of(&resp), status, "{}: {resp}", String::from_utf8_lossy(req));
+        assert_eq!(
+            status_of(&resp),
+            status,
+            "{}: {resp}",
+            String::from_utf8_lossy(req)
+        );
     }
     let garbage = raw_exchange(gw.addr, b"\x16\x03\x01 not http at all\r\n\r\n").await;
     assert_eq!(status_of(&garbage), 400, "{garbage}");
@@ -275,16 +332,28 @@ async fn odd_requests_get_clear_refusals() {
 async fn absolute_form_and_http_1_0_requests_get_a_host() {
     let (addr, _) = mirror_backend().await;
     let gw = gateway_for(&[addr], "").await;
-    let resp = raw_exchange(gw.addr, b"GET http://abs.example.com/p?q=1 HTTP/1.1\r\nHost: ignored\r\n\r\n").await;
+    let resp = raw_exchange(
+        gw.addr,
+        b"GET http://abs.example.com/p?q=1 HTTP/1.1\r\nHost: ignored\r\n\r\n",
+    )
+    .await;
     assert_eq!(status_of(&resp), 200, "{resp}");
     assert!(resp.contains("GET /p?q=1\n"), "{resp}");
-    assert!(resp.to_ascii_lowercase().contains("host: abs.example.com\n"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("host: abs.example.com\n"),
+        "{resp}"
+    );
 
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
     let resp = String::from_utf8(read_to_eof(&mut s).await).unwrap();
     assert_eq!(status_of(&resp), 200, "{resp}");
-    assert!(resp.to_ascii_lowercase().contains(&format!("host: {addr}\n")), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains(&format!("host: {addr}\n")),
+        "{resp}"
+    );
 }
 
 #[tokio::test]
@@ -300,7 +369,10 @@ async fn head_requests_and_empty_responses_keep_the_connection_usable() {
     .await;
     let gw = gateway_for(&[addr], "").await;
     let mut c = HttpClient::connect(gw.addr).await;
-    let req = Request::head("/x").header("host", "t").body(Full::new(Bytes::new())).unwrap();
+    let req = Request::head("/x")
+        .header("host", "t")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let (status, headers, body) = c.send(req).await;
     assert_eq!(status, 200);
     assert_eq!(headers["content-length"], "10");

@@ -138,7 +138,10 @@ async fn tunnels_still_open_when_the_drain_ends_are_closed() {
     let end = within("tunnel closed by the drain", ws.next()).await;
     assert!(matches!(end, None | Some(Err(_))), "{end:?}");
     let waited = signalled.elapsed();
-    assert!(waited >= Duration::from_millis(900), "closed after {waited:?}, before the drain ended");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}, before the drain ended"
+    );
     let (code, _) = sluice.wait_exit().await;
     assert_eq!(code, Some(0));
 }
@@ -148,13 +151,17 @@ async fn in_flight_requests_finish_during_the_drain() {
     let (addr, _) = raw_backend(|mut s, _| async move {
         // Slow enough that SIGTERM arrives mid-request.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone").await.unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+            .await
+            .unwrap();
         let _ = read_to_eof(&mut s).await;
     })
     .await;
     let mut sluice = Sluice::start(&config(&[addr], "[timeouts]\ndrain = \"5s\"\n"));
     let mut s = TcpStream::connect(sluice.http).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     sluice.signal("TERM");
     let resp = read_response(&mut s).await;

@@ -36,8 +36,7 @@ pub(super) fn settings(file: File, text: &str, _base: &Path) -> Result<Settings,
 
     // In file order, so the list reads top to bottom; problems of the file as a whole
     // (no listeners, no routes) first.
-    v.problems
-        .sort_by_key(|p| p.at.map(|a| (a.line, a.column)));
+    v.problems.sort_by_key(|p| p.at.map(|a| (a.line, a.column)));
     if v.problems.is_empty() {
         Ok(Settings {
             admin,

@@ -1,0 +1,111 @@
+//! Other implementations on either side of sluice: headless Chromium loading the
+//! built-in echo page, and Python's `websockets` as client and as upstream server.
+//!
+//! The peers are outside programs. Where one is missing the test says so and passes,
+//! so `cargo test` works on a bare machine; under CI (`CI=true`, where `.ci/run`
+//! installs them) a missing peer fails the test.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn peer_available(what: &str, check: &mut Command) -> bool {
+    let ok = check
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{what} is required under CI (.ci/run installs it)"
+        );
+        eprintln!("skipped: {what} is not installed");
+    }
+    ok
+}
+
+fn python_websockets() -> bool {
+    peer_available(
+        "python3 with the websockets package",
+        Command::new("python3").args(["-c", "import websockets"]),
+    )
+}
+
+fn script(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_echoes_through_the_builtin_page() {
+    if !python_websockets()
+        || !peer_available("chromium", Command::new("chromium").arg("--version"))
+    {
+        return;
+    }
+    let gw = start(
+        r#"
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+[[routes]]
+upstream = "echo"
+[upstreams.echo]
+builtin = "echo"
+"#,
+    )
+    .await;
+    let url = format!("http://{}/chat?send=hello-from-chromium", gw.addr);
+    let out = tokio::process::Command::new("python3")
+        .args([&script("browser_check.py"), &url, "hello-from-chromium"])
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), out)
+        .await
+        .expect("the browser check finishes")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn python_client_and_python_server_through_sluice() {
+    if !python_websockets() {
+        return;
+    }
+    let mut server = tokio::process::Command::new("python3")
+        .args([&script("py_peer.py"), "server"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let port_line = within("python server port", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let port: u16 = port_line.strip_prefix("PORT ").unwrap().parse().unwrap();
+    let gw = gateway_for(&[format!("127.0.0.1:{port}").parse().unwrap()], "").await;
+
+    let out = tokio::process::Command::new("python3")
+        .args([&script("py_peer.py"), "client", &gw.url("/interop")])
+        .output();
+    let out = within("python client", out).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

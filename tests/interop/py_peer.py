@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""A WebSocket peer from another implementation (the `websockets` package).
+
+  py_peer.py server    echo server on 127.0.0.1:0; prints "PORT n"; echoes messages,
+                       selects the first offered subprotocol, closes with the code and
+                       reason it receives in a "close CODE REASON" message.
+  py_peer.py client URL   connects (offering subprotocols), checks text, binary,
+                       a 1 MiB message, ping/pong and the close handshake; exits 0 on success.
+"""
+import asyncio
+import sys
+
+import websockets
+
+
+async def serve() -> None:
+    async def handler(ws):
+        async for msg in ws:
+            if isinstance(msg, str) and msg.startswith("close "):
+                _, code, reason = msg.split(" ", 2)
+                await ws.close(int(code), reason)
+                return
+            await ws.send(msg)
+
+    def select(_conn, offered):
+        return offered[0] if offered else None
+
+    async with websockets.serve(
+        handler, "127.0.0.1", 0, select_subprotocol=select, max_size=None
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        print(f"PORT {port}", flush=True)
+        await asyncio.Future()
+
+
+async def client(url: str) -> int:
+    async with websockets.connect(url, subprotocols=["chat.v2", "chat.v1"], max_size=None) as ws:
+        assert ws.subprotocol == "chat.v2", ws.subprotocol
+        await ws.send("hello from python")
+        assert await ws.recv() == "hello from python"
+        payload = bytes(range(256)) * 4096  # 1 MiB
+        await ws.send(payload)
+        assert await ws.recv() == payload
+        latency = await (await ws.ping(b"py"))
+        assert latency >= 0
+        await ws.send("close 4321 python says bye")
+        try:
+            await ws.recv()
+            raise AssertionError("expected the server to close")
+        except websockets.ConnectionClosed as closed:
+            assert closed.rcvd is not None and closed.rcvd.code == 4321, closed
+            assert closed.rcvd.reason == "python says bye", closed
+    print("python client: all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "server":
+        asyncio.run(serve())
+    else:
+        sys.exit(asyncio.run(client(sys.argv[2])))
