@@ -51,18 +51,18 @@ impl ProxyBody {
     }
 
     fn give_back_if_done(&mut self) {
-        if let Kind::Upstream { body, .. } = &self.kind {
-            if body.is_end_stream() {
-                self.give_back();
-            }
+        if let Kind::Upstream { body, .. } = &self.kind
+            && body.is_end_stream()
+        {
+            self.give_back();
         }
     }
 
     fn give_back(&mut self) {
-        if let Kind::Upstream { checkin, .. } = &mut self.kind {
-            if let Some(c) = checkin.take() {
-                c.give_back();
-            }
+        if let Kind::Upstream { checkin, .. } = &mut self.kind
+            && let Some(c) = checkin.take()
+        {
+            c.give_back();
         }
     }
 }

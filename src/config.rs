@@ -85,6 +85,13 @@ impl Position {
     }
 }
 
+impl ConfigError {
+    /// Every problem on one line, for logs.
+    pub fn one_line(&self) -> String {
+        self.to_string().replace('\n', "; ")
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, p) in self.problems.iter().enumerate() {
@@ -146,6 +153,7 @@ pub(crate) struct TimeoutsFile {
     pub idle: Option<Spanned<String>>,
     pub half_closed: Option<Spanned<String>>,
     pub drain: Option<Spanned<String>>,
+    pub tls_handshake: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +181,26 @@ pub(crate) struct RuntimeFile {
 pub(crate) struct ListenerFile {
     pub name: Option<Spanned<String>>,
     pub listen: Spanned<String>,
+    pub tls: Option<Spanned<ListenerTlsFile>>,
+    pub redirect_https: Option<Spanned<bool>>,
+    pub redirect_https_port: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListenerTlsFile {
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub certificates: Option<Spanned<Vec<CertPairFile>>>,
+    pub min_version: Option<Spanned<String>>,
+    pub client_ca: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CertPairFile {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +218,11 @@ pub(crate) struct UpstreamFile {
     pub servers: Option<Spanned<Vec<Spanned<String>>>>,
     pub builtin: Option<Spanned<String>>,
     pub keepalive: Option<Spanned<i64>>,
+    pub tls: Option<Spanned<bool>>,
+    pub sni: Option<Spanned<String>>,
+    pub ca: Option<Spanned<String>>,
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<String>>,
 }
 
 #[cfg(test)]

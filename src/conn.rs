@@ -1,37 +1,46 @@
-//! One client connection: HTTP/1.1 with upgrades, under the header timeout and size
-//! limit, closed gracefully when the gateway drains.
+//! One client connection: the TLS handshake (under its own timeout) on TLS listeners,
+//! then HTTP/1.1 with upgrades under the header timeout and size limit, closed
+//! gracefully when the gateway drains.
 
 use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::config::{Limits, Timeouts};
+use crate::config::{Limits, ListenerSettings, Timeouts};
 use crate::headers::Forwarded;
 use crate::metrics::ListenerMetrics;
 use crate::proxy::Proxy;
 use crate::shutdown::Shutdown;
+use crate::tls::{ServerTls, TlsError};
 
 /// What every connection of one listener shares.
 pub struct ListenerCtx {
     pub name: String,
     pub metrics: ListenerMetrics,
+    /// Set on TLS listeners; swapped in place when certificates are reloaded.
+    pub tls: Option<ServerTls>,
+    /// Set when every request is answered with a redirect to HTTPS on this port.
+    pub redirect_https: Option<u16>,
+    tls_handshake: Duration,
     http: http1::Builder,
 }
 
 impl ListenerCtx {
     pub fn new(
-        name: String,
+        settings: &ListenerSettings,
         metrics: ListenerMetrics,
         timeouts: &Timeouts,
         limits: &Limits,
-    ) -> Self {
+    ) -> Result<Self, TlsError> {
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(timeouts.request_header)
@@ -41,11 +50,44 @@ impl ListenerCtx {
             .max_buf_size(limits.max_request_header_bytes.max(8192) + 1024)
             // A client may end its side after the request and still read the answer.
             .half_close(true);
-        ListenerCtx {
-            name,
+        Ok(ListenerCtx {
+            name: settings.name.clone(),
             metrics,
+            tls: settings.tls.as_ref().map(ServerTls::new).transpose()?,
+            redirect_https: settings.redirect_https,
+            tls_handshake: timeouts.tls_handshake,
             http,
+        })
+    }
+}
+
+impl fmt::Display for ListenerCtx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// A client connection's place under the connection limit, and in the gauges; held
+/// from accept until the connection, or the tunnel it became, is gone.
+pub struct ConnGuard {
+    _permit: OwnedSemaphorePermit,
+    metrics: ListenerMetrics,
+}
+
+impl ConnGuard {
+    pub fn new(permit: OwnedSemaphorePermit, metrics: &ListenerMetrics) -> ConnGuard {
+        metrics.total.inc();
+        metrics.active.inc();
+        ConnGuard {
+            _permit: permit,
+            metrics: metrics.clone(),
         }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.metrics.active.dec();
     }
 }
 
@@ -55,38 +97,101 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     pub listener: Arc<ListenerCtx>,
     pub forwarded: Forwarded,
-    _permit: OwnedSemaphorePermit,
+    /// Whether the client connected with TLS.
+    pub tls: bool,
+    _guard: ConnGuard,
 }
 
-impl fmt::Display for ListenerCtx {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.name)
-    }
-}
+/// The answer to plain HTTP sent to a TLS port.
+const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 47\r\nconnection: close\r\n\r\nthis port speaks TLS: use https:// or wss://\r\n\r\n";
 
-impl Drop for ConnInfo {
-    fn drop(&mut self) {
-        self.listener.metrics.active.dec();
-    }
-}
-
-/// Serves one accepted connection until it closes, upgrades, or shutdown ends it.
-pub async fn serve(
+/// Handles one accepted connection until it closes, upgrades, or shutdown ends it.
+pub async fn handle(
     stream: TcpStream,
     client: SocketAddr,
     ctx: Arc<ListenerCtx>,
     proxy: Arc<Proxy>,
     shutdown: Shutdown,
-    permit: OwnedSemaphorePermit,
+    guard: ConnGuard,
 ) {
-    ctx.metrics.total.inc();
-    ctx.metrics.active.inc();
-    let info = Arc::new(ConnInfo {
+    let Some(tls) = &ctx.tls else {
+        let info = ConnInfo {
+            client,
+            listener: ctx.clone(),
+            forwarded: Forwarded::new(client.ip(), false),
+            tls: false,
+            _guard: guard,
+        };
+        return serve(stream, info, proxy, shutdown).await;
+    };
+    let handshake = tokio::time::timeout(ctx.tls_handshake, accept_tls(stream, tls));
+    let stream = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(reason)) => {
+                ctx.metrics.tls_error.inc();
+                tracing::debug!(%client, listener = %ctx.name, reason, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                ctx.metrics.tls_error.inc();
+                tracing::debug!(%client, listener = %ctx.name, "TLS handshake timed out");
+                return;
+            }
+        },
+        () = shutdown.stopped() => return,
+    };
+    ctx.metrics.tls_ok.inc();
+    let info = ConnInfo {
         client,
         listener: ctx.clone(),
-        forwarded: Forwarded::new(client.ip(), false),
-        _permit: permit,
-    });
+        forwarded: Forwarded::new(client.ip(), true),
+        tls: true,
+        _guard: guard,
+    };
+    serve(stream, info, proxy, shutdown).await;
+}
+
+/// Completes a server TLS handshake. A client that speaks plain HTTP to the TLS port
+/// is told so in plain HTTP, then closed.
+async fn accept_tls(
+    mut stream: TcpStream,
+    tls: &ServerTls,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, String> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(0) => return Err("closed before the handshake".to_owned()),
+        Ok(_) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    // Every TLS connection starts with a handshake record (content type 22).
+    if first[0] != 0x16 {
+        if first[0].is_ascii_uppercase() {
+            // Read what the client sent, so closing sends a FIN the client can read
+            // the answer before, not a reset.
+            let mut sink = [0u8; 4096];
+            let _ = stream.try_read(&mut sink);
+            let _ = stream.write_all(PLAIN_HTTP_ON_TLS).await;
+            let _ = stream.shutdown().await;
+            return Err("plain HTTP sent to the TLS port".to_owned());
+        }
+        return Err(format!(
+            "not a TLS handshake (first byte {:#04x})",
+            first[0]
+        ));
+    }
+    tls.acceptor()
+        .accept(stream)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Serves HTTP/1.1 on a connection until it closes or upgrades.
+async fn serve<I>(io: I, info: ConnInfo, proxy: Arc<Proxy>, shutdown: Shutdown)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let info = Arc::new(info);
     let service = {
         let info = info.clone();
         service_fn(move |req| {
@@ -95,9 +200,10 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
         })
     };
-    let conn = ctx
+    let conn = info
+        .listener
         .http
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {

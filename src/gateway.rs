@@ -24,6 +24,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{source}")]
+    Tls { source: crate::tls::TlsError },
     #[error("cannot start the built-in {what} upstream: {source}")]
     Builtin {
         what: &'static str,
@@ -31,12 +33,19 @@ pub enum StartError {
     },
 }
 
+/// What a reload could not apply; everything else was applied.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", failures.join("; "))]
+pub struct ReloadError {
+    pub failures: Vec<String>,
+}
+
 /// A running gateway.
 pub struct Gateway {
     settings: Settings,
     shutdown: Shutdown,
     metrics: Arc<Metrics>,
-    listeners: Vec<(String, SocketAddr)>,
+    listeners: Vec<(Arc<ListenerCtx>, SocketAddr)>,
     admin: Option<SocketAddr>,
 }
 
@@ -49,16 +58,23 @@ impl Gateway {
         let proxy = Arc::new(Proxy::new(state, shutdown.clone()));
         let limit = Arc::new(Semaphore::new(settings.limits.max_connections));
 
-        // Bind everything before serving anything: a configuration either starts
-        // whole or not at all.
+        // Build and bind everything before serving anything: a configuration either
+        // starts whole or not at all.
         let mut bound = Vec::new();
         for l in &settings.listeners {
+            let ctx = ListenerCtx::new(
+                l,
+                metrics.listener(&l.name),
+                &settings.timeouts,
+                &settings.limits,
+            )
+            .map_err(|source| StartError::Tls { source })?;
             let listener = server::bind(l.listen).map_err(|source| StartError::Bind {
                 name: l.name.clone(),
                 addr: l.listen,
                 source,
             })?;
-            bound.push((l, listener));
+            bound.push((Arc::new(ctx), listener, l.listen));
         }
         let admin_listener = match settings.admin {
             Some(addr) => Some(server::bind(addr).map_err(|source| StartError::Bind {
@@ -70,16 +86,10 @@ impl Gateway {
         };
 
         let mut listeners = Vec::new();
-        for (l, listener) in bound {
-            let addr = listener.local_addr().unwrap_or(l.listen);
-            listeners.push((l.name.clone(), addr));
-            let ctx = Arc::new(ListenerCtx::new(
-                l.name.clone(),
-                metrics.listener(&l.name),
-                &settings.timeouts,
-                &settings.limits,
-            ));
-            tracing::info!(listener = %l.name, %addr, "listening");
+        for (ctx, listener, configured) in bound {
+            let addr = listener.local_addr().unwrap_or(configured);
+            listeners.push((ctx.clone(), addr));
+            tracing::info!(listener = %ctx.name, %addr, tls = ctx.tls.is_some(), "listening");
             tokio::spawn(server::accept_loop(
                 listener,
                 ctx,
@@ -112,7 +122,7 @@ impl Gateway {
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.listeners
             .iter()
-            .find(|(n, _)| n == name)
+            .find(|(l, _)| l.name == name)
             .map(|(_, a)| *a)
     }
 
@@ -124,6 +134,31 @@ impl Gateway {
     /// The gateway's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Applies a newly loaded configuration. For now that is the certificates of TLS
+    /// listeners (matched by name): new handshakes use the new ones, open connections
+    /// keep theirs. A listener whose files fail to load keeps its certificates.
+    pub fn reload(&self, settings: &Settings) -> Result<(), ReloadError> {
+        let mut failures = Vec::new();
+        for l in &settings.listeners {
+            let (Some(new), Some((ctx, _))) = (
+                &l.tls,
+                self.listeners.iter().find(|(c, _)| c.name == l.name),
+            ) else {
+                continue;
+            };
+            let Some(tls) = &ctx.tls else { continue };
+            match tls.reload(new) {
+                Ok(()) => tracing::info!(listener = %l.name, "certificates reloaded"),
+                Err(e) => failures.push(format!("listener \"{}\": {e}", l.name)),
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(ReloadError { failures })
+        }
     }
 
     /// Drains for the configured period, then stops; returns how many connections
@@ -162,13 +197,16 @@ async fn build_state(
                 }]
             }
         };
-        upstreams.push(Arc::new(Upstream::new(
+        let upstream = Upstream::new(
             u.name.clone(),
             &servers,
             u.keepalive,
             settings.timeouts,
+            u.tls.as_ref(),
             metrics.upstream(&u.name),
-        )));
+        )
+        .map_err(|source| StartError::Tls { source })?;
+        upstreams.push(Arc::new(upstream));
     }
     let mut routes = RouteTable::default();
     for r in &settings.routes {

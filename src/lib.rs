@@ -15,6 +15,7 @@
 //! - [`upstream`]: server choice, connect with timeout and fail-over, connection pool.
 //! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`.
 //! - [`handshake`]: the WebSocket handshake: recognise, check, and check the 101.
+//! - [`tls`]: rustls configurations: certificate loading, SNI choice, live swap, upstream TLS.
 //! - [`tunnel`]: the two-way splice with bounded buffers, half-close and idle timeout.
 //! - [`body`]: the response body type: sluice's own messages or a streamed upstream body.
 //! - [`error`]: the one proxy error type and its status mapping.
@@ -37,6 +38,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod shutdown;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 

@@ -42,6 +42,18 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(settings.log.format);
+    // Every connection is a descriptor and every tunnel two; the usual soft limit
+    // (1024) would refuse connections long before max_connections. The hard limit is
+    // the ceiling an unprivileged process may raise to.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if (n as usize) < settings.limits.max_connections.saturating_mul(2) => tracing::warn!(
+            open_files = n,
+            max_connections = settings.limits.max_connections,
+            "the open-file limit is below 2 x max_connections: tunnels will be refused before that"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = settings.workers {
@@ -82,9 +94,7 @@ async fn run(settings: sluice::Settings) -> ExitCode {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => {
-                tracing::warn!("SIGHUP: live reload is not implemented yet; the configuration is unchanged");
-            }
+            _ = hup.recv() => reload(&gateway, &source),
         }
     }
     tracing::info!("shutting down: draining connections and tunnels");
@@ -98,6 +108,24 @@ async fn run(settings: sluice::Settings) -> ExitCode {
     };
     tracing::info!(cut = forced, "stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: reads the configuration again and applies it; a file that does not load
+/// changes nothing.
+fn reload(gateway: &Gateway, path: &std::path::Path) {
+    match config::load(path) {
+        Ok(settings) => match gateway.reload(&settings) {
+            Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
+            Err(e) => {
+                tracing::error!(config = %path.display(), error = %e, "reload incomplete; the rest was applied")
+            }
+        },
+        Err(e) => tracing::error!(
+            config = %path.display(),
+            problems = %e.one_line(),
+            "reload refused, the running configuration stays"
+        ),
+    }
 }
 
 fn init_tracing(format: LogFormat) {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -106,6 +107,9 @@ impl Proxy {
             );
         }
         let host = request_host(&req)?;
+        if let Some(port) = conn.listener.redirect_https {
+            return Ok(redirect_to_https(&req, host.as_ref(), port));
+        }
         if has_dot_segments(req.uri().path()) {
             return Err(ProxyError::BadRequest("the path has `.` or `..` segments").into());
         }
@@ -291,6 +295,42 @@ async fn run_tunnel(
         upstream_to_client = report.upstream_to_client, duration_ms = duration.as_millis() as u64,
         "tunnel closed"
     );
+}
+
+/// A `308 Permanent Redirect` to the same host and target on `https://`: 308 rather
+/// than 301 so that clients repeat the method and body.
+fn redirect_to_https(
+    req: &Request<Incoming>,
+    host: Option<&HeaderValue>,
+    port: u16,
+) -> Response<ProxyBody> {
+    let host = host
+        .and_then(|h| h.to_str().ok())
+        .map(crate::route::strip_port);
+    let Some(host) = host.filter(|h| !h.is_empty()) else {
+        return ProxyError::BadRequest("a redirect to HTTPS needs a Host header").response();
+    };
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{target}")
+    } else {
+        format!("https://{host}:{port}{target}")
+    };
+    let mut resp = Response::new(ProxyBody::full(Bytes::from_static(b"moved to https\n")));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        Err(_) => {
+            return ProxyError::BadRequest("the request target cannot be redirected").response();
+        }
+    }
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }
 
 /// The host a request is for: the authority of an absolute-form target, else the Host

@@ -69,7 +69,7 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// `example.com:8080` -> `example.com`, `[::1]:80` -> `[::1]`.
-fn strip_port(host: &str) -> &str {
+pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |i| &host[..=i]);
     }
@@ -86,13 +86,17 @@ mod tests {
         let m = Metrics::new();
         let mut t = RouteTable::default();
         for (host, path, name) in routes {
-            let upstream = Arc::new(Upstream::new(
-                name.to_string(),
-                &[],
-                0,
-                Timeouts::default(),
-                m.upstream(name),
-            ));
+            let upstream = Arc::new(
+                Upstream::new(
+                    name.to_string(),
+                    &[],
+                    0,
+                    Timeouts::default(),
+                    None,
+                    m.upstream(name),
+                )
+                .unwrap(),
+            );
             t.add(
                 *host,
                 Route {

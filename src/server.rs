@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
-use crate::conn::{self, ListenerCtx};
+use crate::conn::{self, ConnGuard, ListenerCtx};
 use crate::proxy::Proxy;
 use crate::shutdown::Shutdown;
 
@@ -85,13 +85,14 @@ pub async fn accept_loop(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%client, error = %e, "set_nodelay failed");
         }
-        shutdown.spawn(conn::serve(
+        let guard = ConnGuard::new(permit, &ctx.metrics);
+        shutdown.spawn(conn::handle(
             stream,
             client,
             ctx.clone(),
             proxy.clone(),
             shutdown.clone(),
-            permit,
+            guard,
         ));
     }
     tracing::debug!(listener = %ctx.name, "listener closed");

@@ -12,16 +12,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod connect;
+
+pub use connect::Stream;
+
+use crate::config::{ServerAddr, Timeouts, UpstreamTls};
+use crate::error::ProxyError;
+use crate::metrics::UpstreamMetrics;
 use http::header::{HOST, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-
-use crate::config::{ServerAddr, Timeouts};
-use crate::error::ProxyError;
-use crate::metrics::UpstreamMetrics;
 
 /// How long an idle pooled connection is kept. Shorter than the keep-alive timeout of
 /// common backends (Node.js closes at 5 s, nginx at 75 s, Go never) would be safest
@@ -35,6 +37,7 @@ pub struct Upstream {
     servers: Box<[Arc<Server>]>,
     next: AtomicUsize,
     timeouts: Timeouts,
+    connector: connect::Connector,
     metrics: UpstreamMetrics,
 }
 
@@ -76,14 +79,17 @@ pub struct Answer {
 }
 
 impl Upstream {
+    /// Fails only when the upstream's TLS files cannot be loaded.
     pub fn new(
         name: String,
         servers: &[ServerAddr],
         keepalive: usize,
         timeouts: Timeouts,
+        tls: Option<&UpstreamTls>,
         metrics: UpstreamMetrics,
-    ) -> Upstream {
-        Upstream {
+    ) -> Result<Upstream, crate::tls::TlsError> {
+        Ok(Upstream {
+            connector: connect::Connector::new(timeouts.connect, tls)?,
             name,
             servers: servers
                 .iter()
@@ -101,7 +107,7 @@ impl Upstream {
             next: AtomicUsize::new(0),
             timeouts,
             metrics,
-        }
+        })
     }
 
     /// The servers in the order one request tries them: the next in the round, then
@@ -112,26 +118,20 @@ impl Upstream {
         (0..n).map(move |i| &self.servers[(start + i) % n])
     }
 
-    async fn open(&self, server: &Server) -> std::io::Result<TcpStream> {
+    async fn open(&self, server: &Server) -> std::io::Result<Stream> {
         let started = Instant::now();
-        let stream = tokio::time::timeout(self.timeouts.connect, TcpStream::connect(server.addr))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("connect timed out after {:?}", self.timeouts.connect),
-                )
-            })??;
+        let stream = self
+            .connector
+            .connect(server.addr, connect::host_of(&server.name))
+            .await?;
         self.metrics
             .connect_duration
             .observe(started.elapsed().as_secs_f64());
-        // Requests and frames are small and latency-bound; never wait to coalesce.
-        stream.set_nodelay(true)?;
         Ok(stream)
     }
 
     /// Connects to the first server that answers, in round-robin order.
-    pub async fn connect(&self) -> Result<(Arc<Server>, TcpStream), ProxyError> {
+    pub async fn connect(&self) -> Result<(Arc<Server>, Stream), ProxyError> {
         let mut last = None;
         for server in self.order() {
             match self.open(server).await {

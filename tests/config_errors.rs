@@ -1,6 +1,8 @@
 //! Configuration errors: each names the file, the line and column, and the problem;
 //! every problem in a file is reported in one run.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -162,7 +164,32 @@ fn check_flag_accepts_the_shipped_configs_and_rejects_bad_ones() {
         assert!(String::from_utf8_lossy(&out.stdout).ends_with(": ok\n"));
     }
 
+    // The TLS example, with the test certificate its comment tells how to make.
     let dir = tempfile::tempdir().unwrap();
+    let ca = support::pki::Ca::new("example");
+    let cert = ca.server("server", &["localhost"]);
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    std::fs::copy(&cert.cert, dir.path().join("certs/server.pem")).unwrap();
+    std::fs::copy(&cert.key, dir.path().join("certs/server.key")).unwrap();
+    std::fs::copy(
+        format!("{root}/config/tls.toml"),
+        dir.path().join("tls.toml"),
+    )
+    .unwrap();
+    let out = Command::new(bin)
+        .args([
+            "-c",
+            dir.path().join("tls.toml").to_str().unwrap(),
+            "--check",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tls.toml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,

@@ -79,13 +79,14 @@ builtin = "echo"
     );
 }
 
-#[tokio::test]
-async fn python_client_and_python_server_through_sluice() {
-    if !python_websockets() {
-        return;
+/// Starts the Python echo server (with TLS given a certificate); returns it and its port.
+async fn python_server(tls: Option<&support::pki::Issued>) -> (tokio::process::Child, u16) {
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.args([&script("py_peer.py"), "server"]);
+    if let Some(c) = tls {
+        cmd.arg(&c.cert).arg(&c.key);
     }
-    let mut server = tokio::process::Command::new("python3")
-        .args([&script("py_peer.py"), "server"])
+    let mut server = cmd
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -95,17 +96,81 @@ async fn python_client_and_python_server_through_sluice() {
         .await
         .unwrap()
         .unwrap();
-    let port: u16 = port_line.strip_prefix("PORT ").unwrap().parse().unwrap();
-    let gw = gateway_for(&[format!("127.0.0.1:{port}").parse().unwrap()], "").await;
+    let port = port_line.strip_prefix("PORT ").unwrap().parse().unwrap();
+    (server, port)
+}
 
-    let out = tokio::process::Command::new("python3")
-        .args([&script("py_peer.py"), "client", &gw.url("/interop")])
-        .output();
-    let out = within("python client", out).await.unwrap();
+async fn python_client(url: &str, ca: Option<&Path>) {
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.args([&script("py_peer.py"), "client", url]);
+    if let Some(ca) = ca {
+        cmd.arg(ca);
+    }
+    let out = within("python client", cmd.output()).await.unwrap();
     assert!(
         out.status.success(),
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test]
+async fn python_client_and_python_server_through_sluice() {
+    if !python_websockets() {
+        return;
+    }
+    let (_server, port) = python_server(None).await;
+    let gw = gateway_for(&[format!("127.0.0.1:{port}").parse().unwrap()], "").await;
+    python_client(&gw.url("/interop"), None).await;
+}
+
+/// wss:// from a client that verifies sluice's certificate against a CA it is given,
+/// through sluice to a plain ws:// backend and to a wss:// backend.
+#[tokio::test]
+async fn python_wss_client_verifying_a_ca_to_ws_and_wss_backends() {
+    if !python_websockets() {
+        return;
+    }
+    let ca = support::pki::Ca::new("interop");
+    let front = ca.server("front", &["localhost"]);
+    let back = ca.server("back", &["backend.internal"]);
+    let (_plain, plain_port) = python_server(None).await;
+    let (_secure, secure_port) = python_server(Some(&back)).await;
+    let gw = start(&format!(
+        r#"
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+tls = {{ cert = "{}", key = "{}" }}
+[[routes]]
+path = "/plain"
+upstream = "plain"
+[[routes]]
+path = "/secure"
+upstream = "secure"
+[upstreams.plain]
+servers = ["127.0.0.1:{plain_port}"]
+[upstreams.secure]
+servers = ["127.0.0.1:{secure_port}"]
+tls = true
+sni = "backend.internal"
+ca = "{}"
+"#,
+        front.cert.display(),
+        front.key.display(),
+        ca.cert_path.display()
+    ))
+    .await;
+    let port = gw.addr.port();
+    python_client(
+        &format!("wss://localhost:{port}/plain"),
+        Some(&ca.cert_path),
+    )
+    .await;
+    python_client(
+        &format!("wss://localhost:{port}/secure"),
+        Some(&ca.cert_path),
+    )
+    .await;
 }

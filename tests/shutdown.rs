@@ -3,96 +3,15 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use support::process::Sluice;
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-
-/// The real `sluice` binary, started on a configuration file.
-pub struct Sluice {
-    child: Child,
-    pub http: SocketAddr,
-    pub admin: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Sluice {
-    /// Starts the binary and waits until it logs its listeners' addresses.
-    pub fn start(toml: &str) -> Sluice {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sluice.toml");
-        std::fs::write(&path, toml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["-c", path.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[sluice] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let (mut http, mut admin) = (None, None);
-        let deadline = Instant::now() + STEP;
-        while http.is_none() || admin.is_none() {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("sluice logs its addresses");
-            if let Some(addr) = line.split("addr=").nth(1) {
-                let addr: SocketAddr = addr.split_whitespace().next().unwrap().parse().unwrap();
-                if line.contains("admin listening") {
-                    admin = Some(addr);
-                } else if line.contains("listener=http") {
-                    http = Some(addr);
-                }
-            }
-        }
-        Sluice {
-            child,
-            http: http.unwrap(),
-            admin: admin.unwrap(),
-            _dir: dir,
-        }
-    }
-
-    pub fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{name}");
-    }
-
-    /// Waits for the process to exit; returns its code and how long that took.
-    pub async fn wait_exit(&mut self) -> (Option<i32>, Duration) {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.code(), started.elapsed());
-            }
-            assert!(started.elapsed() < STEP, "sluice did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Sluice {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn readyz(admin: SocketAddr) -> u16 {
     status_of(&raw_exchange(admin, b"GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n").await)

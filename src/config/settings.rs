@@ -39,6 +39,8 @@ pub struct Timeouts {
     pub half_closed: Duration,
     /// On shutdown, how long open requests and tunnels may keep running.
     pub drain: Duration,
+    /// For a client to complete its TLS handshake.
+    pub tls_handshake: Duration,
 }
 
 impl Default for Timeouts {
@@ -52,6 +54,7 @@ impl Default for Timeouts {
             idle: Duration::from_secs(300),
             half_closed: Duration::from_secs(30),
             drain: Duration::from_secs(30),
+            tls_handshake: Duration::from_secs(10),
         }
     }
 }
@@ -95,6 +98,46 @@ pub enum LogFormat {
 pub struct ListenerSettings {
     pub name: String,
     pub listen: SocketAddr,
+    /// Terminate TLS on this listener.
+    pub tls: Option<ListenerTls>,
+    /// Answer every request with a 308 to `https://` on this port instead of proxying.
+    pub redirect_https: Option<u16>,
+}
+
+/// A TLS listener's certificates and policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// Chosen by SNI against each certificate's names; the first is the default.
+    pub certificates: Vec<CertPaths>,
+    pub min_version: TlsVersion,
+    /// Require client certificates signed by these CAs (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A PEM certificate chain and its PEM private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The oldest TLS version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    #[default]
+    Tls12,
+    Tls13,
+}
+
+/// TLS to an upstream's servers. Certificates are always verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name sent in SNI and verified; default: each server's host name.
+    pub sni: Option<String>,
+    /// Trusted CAs; default: the system's trust roots.
+    pub ca: Option<PathBuf>,
+    /// A client certificate to present.
+    pub client_cert: Option<CertPaths>,
 }
 
 /// One route: which requests go to which upstream.
@@ -117,6 +160,7 @@ pub struct UpstreamSettings {
     pub servers: Servers,
     /// Idle keep-alive connections kept per server for ordinary HTTP requests.
     pub keepalive: usize,
+    pub tls: Option<UpstreamTls>,
 }
 
 /// Where an upstream's servers are.

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -11,10 +11,12 @@ use toml::Spanned;
 use super::*;
 
 /// Validates a parsed file. `text` is the file's text, to turn spans into positions;
-/// `_base` is the directory relative paths in the file are resolved against.
-pub(super) fn settings(file: File, text: &str, _base: &Path) -> Result<Settings, Vec<Problem>> {
+/// `base` is the directory relative paths in the file are resolved against. Certificate
+/// and key files are loaded here, so `--check` reports a bad one before it is needed.
+pub(super) fn settings(file: File, text: &str, base: &Path) -> Result<Settings, Vec<Problem>> {
     let mut v = Validator {
         text,
+        base,
         problems: Vec::new(),
     };
 
@@ -56,6 +58,7 @@ pub(super) fn settings(file: File, text: &str, _base: &Path) -> Result<Settings,
 
 struct Validator<'a> {
     text: &'a str,
+    base: &'a Path,
     problems: Vec<Problem>,
 }
 
@@ -137,6 +140,7 @@ impl Validator<'_> {
             idle: self.duration(&t.idle, "idle", d.idle),
             half_closed: self.duration(&t.half_closed, "half_closed", d.half_closed),
             drain: self.duration(&t.drain, "drain", d.drain),
+            tls_handshake: self.duration(&t.tls_handshake, "tls_handshake", d.tls_handshake),
         }
     }
 
@@ -225,7 +229,36 @@ impl Validator<'_> {
                     );
                 }
             }
-            out.push(ListenerSettings { name, listen });
+            let tls = l.tls.as_ref().and_then(|t| self.listener_tls(&name, t));
+            let redirect_https = match (&l.redirect_https, &l.redirect_https_port) {
+                (Some(r), port) if *r.get_ref() => {
+                    if l.tls.is_some() {
+                        self.error(
+                            r.span(),
+                            format!("listener \"{name}\" terminates TLS itself, so it cannot redirect to HTTPS"),
+                        );
+                    }
+                    let port = port
+                        .as_ref()
+                        .and_then(|p| self.int_in(p, "redirect_https_port", 1, 65535))
+                        .unwrap_or(443);
+                    Some(port as u16)
+                }
+                (_, Some(p)) => {
+                    self.error(
+                        p.span(),
+                        "redirect_https_port is used only with redirect_https = true",
+                    );
+                    None
+                }
+                _ => None,
+            };
+            out.push(ListenerSettings {
+                name,
+                listen,
+                tls,
+                redirect_https,
+            });
         }
         out
     }
@@ -292,11 +325,13 @@ impl Validator<'_> {
                 .as_ref()
                 .and_then(|k| self.int_in(k, "keepalive", 0, 100_000))
                 .unwrap_or(32);
+            let tls = self.upstream_tls(&name, u, matches!(servers, Some(Servers::Builtin(_))));
             if let Some(servers) = servers {
                 out.push(UpstreamSettings {
                     name,
                     servers,
                     keepalive,
+                    tls,
                 });
             }
         }
@@ -425,6 +460,189 @@ impl Validator<'_> {
             }
         }
         out
+    }
+
+    /// A path from the file, relative to the file's directory.
+    fn path(&self, p: &Spanned<String>) -> PathBuf {
+        self.base.join(p.get_ref())
+    }
+
+    /// Reports a TLS file problem at the span of the value that named the file.
+    fn tls_error(&mut self, e: crate::tls::TlsError, spans: &[(&PathBuf, Range<usize>)]) {
+        let span = spans
+            .iter()
+            .find(|(p, _)| **p == e.path)
+            .or(spans.first())
+            .map(|(_, s)| s.clone())
+            .unwrap_or(0..0);
+        self.error(span, e.to_string());
+    }
+
+    fn listener_tls(&mut self, name: &str, t: &Spanned<ListenerTlsFile>) -> Option<ListenerTls> {
+        let span = t.span();
+        let t = t.get_ref();
+        let mut pairs: Vec<(CertPaths, Range<usize>, Range<usize>)> = Vec::new();
+        match (&t.cert, &t.key, &t.certificates) {
+            (Some(cert), Some(key), None) => pairs.push((
+                CertPaths {
+                    cert: self.path(cert),
+                    key: self.path(key),
+                },
+                cert.span(),
+                key.span(),
+            )),
+            (None, None, Some(list)) if !list.get_ref().is_empty() => {
+                for c in list.get_ref() {
+                    pairs.push((
+                        CertPaths {
+                            cert: self.path(&c.cert),
+                            key: self.path(&c.key),
+                        },
+                        c.cert.span(),
+                        c.key.span(),
+                    ));
+                }
+            }
+            (_, _, Some(list)) if t.cert.is_some() || t.key.is_some() => {
+                self.error(
+                    list.span(),
+                    format!("listener \"{name}\": give either `cert` and `key` or `certificates`, not both"),
+                );
+                return None;
+            }
+            _ => {
+                self.error(
+                    span,
+                    format!(
+                        "listener \"{name}\": tls needs `cert` and `key`, or `certificates = [{{ cert = ..., key = ... }}, ...]`"
+                    ),
+                );
+                return None;
+            }
+        }
+        let mut ok = true;
+        for (paths, cert_span, key_span) in &pairs {
+            if let Err(e) = crate::tls::load_cert(paths) {
+                self.tls_error(
+                    e,
+                    &[
+                        (&paths.cert, cert_span.clone()),
+                        (&paths.key, key_span.clone()),
+                    ],
+                );
+                ok = false;
+            }
+        }
+        let min_version = match t
+            .min_version
+            .as_ref()
+            .map(|v| (v.get_ref().as_str(), v.span()))
+        {
+            None | Some(("1.2", _)) => TlsVersion::Tls12,
+            Some(("1.3", _)) => TlsVersion::Tls13,
+            Some((other, span)) => {
+                self.error(
+                    span,
+                    format!("min_version = \"{other}\" is not known: use \"1.2\" or \"1.3\""),
+                );
+                ok = false;
+                TlsVersion::Tls12
+            }
+        };
+        let client_ca = t.client_ca.as_ref().map(|ca| (self.path(ca), ca.span()));
+        if let Some((path, span)) = &client_ca
+            && let Err(e) = crate::tls::load_roots(path)
+        {
+            self.tls_error(e, &[(path, span.clone())]);
+            ok = false;
+        }
+        ok.then(|| ListenerTls {
+            certificates: pairs.into_iter().map(|(p, _, _)| p).collect(),
+            min_version,
+            client_ca: client_ca.map(|(p, _)| p),
+        })
+    }
+
+    fn upstream_tls(&mut self, name: &str, u: &UpstreamFile, builtin: bool) -> Option<UpstreamTls> {
+        let on = u.tls.as_ref().is_some_and(|t| *t.get_ref());
+        if !on {
+            for (key, value) in [
+                ("sni", &u.sni),
+                ("ca", &u.ca),
+                ("client_cert", &u.client_cert),
+                ("client_key", &u.client_key),
+            ] {
+                if let Some(v) = value {
+                    self.error(
+                        v.span(),
+                        format!("upstream \"{name}\": `{key}` is used only with tls = true"),
+                    );
+                }
+            }
+            return None;
+        }
+        let tls_span = u.tls.as_ref().map_or(0..0, |t| t.span());
+        if builtin {
+            self.error(
+                tls_span,
+                format!("upstream \"{name}\": the built-in upstream does not speak TLS"),
+            );
+            return None;
+        }
+        let client_cert = match (&u.client_cert, &u.client_key) {
+            (Some(c), Some(k)) => Some((
+                CertPaths {
+                    cert: self.path(c),
+                    key: self.path(k),
+                },
+                c.span(),
+                k.span(),
+            )),
+            (None, None) => None,
+            (Some(c), None) | (None, Some(c)) => {
+                self.error(
+                    c.span(),
+                    format!("upstream \"{name}\": `client_cert` and `client_key` go together"),
+                );
+                return None;
+            }
+        };
+        let ca = u.ca.as_ref().map(|c| (self.path(c), c.span()));
+        let sni = u.sni.as_ref().map(|s| s.get_ref().to_ascii_lowercase());
+        if let Some(s) = &u.sni
+            && rustls::pki_types::ServerName::try_from(s.get_ref().as_str()).is_err()
+        {
+            self.error(
+                s.span(),
+                format!(
+                    "upstream \"{name}\": sni \"{}\" is not a host name",
+                    s.get_ref()
+                ),
+            );
+            return None;
+        }
+        let tls = UpstreamTls {
+            sni,
+            ca: ca.as_ref().map(|(p, _)| p.clone()),
+            client_cert: client_cert.as_ref().map(|(p, _, _)| p.clone()),
+        };
+        if let Err(e) = crate::tls::client_config(&tls) {
+            let mut spans: Vec<(&PathBuf, Range<usize>)> = Vec::new();
+            if let Some((p, s)) = &ca {
+                spans.push((p, s.clone()));
+            }
+            if let Some((p, cs, ks)) = &client_cert {
+                spans.push((&p.cert, cs.clone()));
+                spans.push((&p.key, ks.clone()));
+            }
+            if spans.is_empty() {
+                self.error(tls_span, format!("upstream \"{name}\": {e}"));
+            } else {
+                self.tls_error(e, &spans);
+            }
+            return None;
+        }
+        Some(tls)
     }
 
     fn host(&mut self, h: &Spanned<String>) -> Option<String> {

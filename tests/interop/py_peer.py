@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
 """A WebSocket peer from another implementation (the `websockets` package).
 
-  py_peer.py server    echo server on 127.0.0.1:0; prints "PORT n"; echoes messages,
-                       selects the first offered subprotocol, closes with the code and
-                       reason it receives in a "close CODE REASON" message.
-  py_peer.py client URL   connects (offering subprotocols), checks text, binary,
-                       a 1 MiB message, ping/pong and the close handshake; exits 0 on success.
+  py_peer.py server [CERT KEY]   echo server on 127.0.0.1:0 (with TLS given a certificate
+                       and key); prints "PORT n"; echoes messages, selects the first
+                       offered subprotocol, closes with the code and reason it receives
+                       in a "close CODE REASON" message.
+  py_peer.py client URL [CA]   connects (offering subprotocols; for wss:// verifying the
+                       server against CA), checks text, binary, a 1 MiB message,
+                       ping/pong and the close handshake; exits 0 on success.
 """
 import asyncio
+import ssl
 import sys
 
 import websockets
 
 
-async def serve() -> None:
+async def serve(cert=None, key=None) -> None:
     async def handler(ws):
         async for msg in ws:
             if isinstance(msg, str) and msg.startswith("close "):
@@ -25,16 +28,24 @@ async def serve() -> None:
     def select(_conn, offered):
         return offered[0] if offered else None
 
+    tls = None
+    if cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(cert, key)
     async with websockets.serve(
-        handler, "127.0.0.1", 0, select_subprotocol=select, max_size=None
+        handler, "127.0.0.1", 0, select_subprotocol=select, max_size=None, ssl=tls
     ) as server:
         port = server.sockets[0].getsockname()[1]
         print(f"PORT {port}", flush=True)
         await asyncio.Future()
 
 
-async def client(url: str) -> int:
-    async with websockets.connect(url, subprotocols=["chat.v2", "chat.v1"], max_size=None) as ws:
+async def client(url: str, ca=None) -> int:
+    # A browser-grade check: the system's rules for names and chains, this CA as root.
+    tls = ssl.create_default_context(cafile=ca) if ca else None
+    async with websockets.connect(
+        url, subprotocols=["chat.v2", "chat.v1"], max_size=None, ssl=tls
+    ) as ws:
         assert ws.subprotocol == "chat.v2", ws.subprotocol
         await ws.send("hello from python")
         assert await ws.recv() == "hello from python"
@@ -56,6 +67,6 @@ async def client(url: str) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1] == "server":
-        asyncio.run(serve())
+        asyncio.run(serve(*sys.argv[2:4]))
     else:
-        sys.exit(asyncio.run(client(sys.argv[2])))
+        sys.exit(asyncio.run(client(*sys.argv[2:4])))

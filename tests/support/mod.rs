@@ -2,6 +2,9 @@
 //! (WebSocket echo, HTTP, scripted raw TCP), and raw clients.
 #![allow(dead_code)]
 
+pub mod pki;
+pub mod process;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -120,6 +123,8 @@ pub async fn ws_echo_backend() -> WsBackend {
             count.fetch_add(1, Ordering::SeqCst);
             let tx = tx.clone();
             tokio::spawn(async move {
+                // The callback's error type is tungstenite's, not ours to shrink.
+                #[allow(clippy::result_large_err)]
                 let callback = |req: &WsRequest, mut resp: WsResponse| {
                     let _ = tx.send(req.headers().clone());
                     if let Some(p) = req.headers().get("sec-websocket-protocol") {
