@@ -1,18 +1,64 @@
-//! The response body sluice sends to clients: its own short messages, or an upstream's
-//! body streamed through as it arrives.
+//! Bodies on their way through: the request body sent upstream, counted for the
+//! access log; and the response body sent to the client, sluice's own message or the
+//! upstream's body streamed through as it arrives.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::access;
 use crate::upstream::Checkin;
+
+/// A client's request body on its way upstream.
+pub struct RequestBody {
+    inner: Incoming,
+    /// Where bytes are counted, when an access line will want them.
+    counted: Option<Arc<AtomicU64>>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, counted: Option<Arc<AtomicU64>>) -> RequestBody {
+        RequestBody { inner, counted }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let (Some(Ok(f)), Some(counted)) = (&frame, &self.counted)
+            && let Some(data) = f.data_ref()
+        {
+            counted.fetch_add(data.remaining() as u64, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// A response body: one of sluice's own, or an upstream's, streamed.
 pub struct ProxyBody {
     kind: Kind,
+    /// The access line to write once the body has been sent (or abandoned).
+    access: Option<Box<access::Entry>>,
+    sent: u64,
 }
 
 enum Kind {
@@ -31,6 +77,8 @@ impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         ProxyBody {
             kind: Kind::Full(Some(bytes.into())),
+            access: None,
+            sent: 0,
         }
     }
 
@@ -38,6 +86,8 @@ impl ProxyBody {
     pub fn empty() -> ProxyBody {
         ProxyBody {
             kind: Kind::Full(None),
+            access: None,
+            sent: 0,
         }
     }
 
@@ -45,9 +95,17 @@ impl ProxyBody {
     pub fn upstream(body: Incoming, checkin: Option<Checkin>) -> ProxyBody {
         let mut b = ProxyBody {
             kind: Kind::Upstream { body, checkin },
+            access: None,
+            sent: 0,
         };
         b.give_back_if_done();
         b
+    }
+
+    /// Attaches the access line written when this body is done.
+    pub fn with_access(mut self, entry: Option<Box<access::Entry>>) -> ProxyBody {
+        self.access = entry;
+        self
     }
 
     fn give_back_if_done(&mut self) {
@@ -65,6 +123,20 @@ impl ProxyBody {
             c.give_back();
         }
     }
+
+    fn log(&mut self) {
+        if let Some(entry) = self.access.take() {
+            entry.finish(self.sent);
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // A body dropped before its end: the client went away, or hyper had nothing to
+        // send (HEAD, 204). Either way the request is over.
+        self.log();
+    }
 }
 
 impl Body for ProxyBody {
@@ -75,21 +147,32 @@ impl Body for ProxyBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.kind {
-            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        let this = &mut *self;
+        let frame = match &mut this.kind {
+            Kind::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
             Kind::Upstream { body, .. } => {
                 let frame = std::task::ready!(Pin::new(body).poll_frame(cx));
                 match &frame {
                     // A chunked body says it has ended only by ending.
-                    None => self.give_back(),
+                    None => this.give_back(),
                     // A sized body is known to be done with its last data frame, before
                     // the reader asks again.
-                    Some(Ok(_)) => self.give_back_if_done(),
+                    Some(Ok(_)) => this.give_back_if_done(),
                     Some(Err(_)) => {}
                 }
-                Poll::Ready(frame)
+                frame
             }
+        };
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+            }
+            None => this.log(),
+            Some(Err(_)) => {}
         }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -168,6 +168,7 @@ pub(crate) struct LimitsFile {
 pub(crate) struct LogFile {
     pub format: Option<Spanned<String>>,
     pub access: Option<bool>,
+    pub access_query: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -24,7 +24,7 @@ use crate::tls::{ServerTls, TlsError};
 
 /// What every connection of one listener shares.
 pub struct ListenerCtx {
-    pub name: String,
+    pub name: Arc<str>,
     pub metrics: ListenerMetrics,
     /// Set on TLS listeners; swapped in place when certificates are reloaded.
     pub tls: Option<ServerTls>,
@@ -51,7 +51,7 @@ impl ListenerCtx {
             // A client may end its side after the request and still read the answer.
             .half_close(true);
         Ok(ListenerCtx {
-            name: settings.name.clone(),
+            name: settings.name.as_str().into(),
             metrics,
             tls: settings.tls.as_ref().map(ServerTls::new).transpose()?,
             redirect_https: settings.redirect_https,

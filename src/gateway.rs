@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 use crate::config::{Builtin, Servers, Settings};
 use crate::conn::ListenerCtx;
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, State};
+use crate::proxy::{AccessLog, Proxy, State};
 use crate::route::{Route, RouteTable};
 use crate::shutdown::Shutdown;
 use crate::upstream::Upstream;
@@ -122,7 +122,7 @@ impl Gateway {
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.listeners
             .iter()
-            .find(|(l, _)| l.name == name)
+            .find(|(l, _)| &*l.name == name)
             .map(|(_, a)| *a)
     }
 
@@ -144,7 +144,7 @@ impl Gateway {
         for l in &settings.listeners {
             let (Some(new), Some((ctx, _))) = (
                 &l.tls,
-                self.listeners.iter().find(|(c, _)| c.name == l.name),
+                self.listeners.iter().find(|(c, _)| *c.name == *l.name),
             ) else {
                 continue;
             };
@@ -213,7 +213,7 @@ async fn build_state(
         routes.add(
             r.host.as_deref(),
             Route {
-                name: r.name.clone(),
+                name: r.name.as_str().into(),
                 path: r.path.clone(),
                 upstream: upstreams[r.upstream].clone(),
                 metrics: Arc::new(metrics.route(&r.name)),
@@ -223,5 +223,9 @@ async fn build_state(
     Ok(State {
         routes,
         timeouts: settings.timeouts,
+        access: AccessLog {
+            enabled: settings.log.access,
+            query: settings.log.access_query,
+        },
     })
 }

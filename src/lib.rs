@@ -10,7 +10,9 @@
 //! - [`gateway`]: starts everything one configuration runs; the library's entry point.
 //! - [`server`]: listeners: bind, connection limit, accept with back-off.
 //! - [`conn`]: one client connection served as HTTP/1.1 with upgrades.
-//! - [`proxy`]: the request service: check, route, rewrite, forward, respond.
+//! - [`proxy`]: the request service: check, route, rewrite, forward, respond, log.
+//! - [`request`]: request checks and rewriting: host, dot segments, HTTPS redirect, head.
+//! - [`access`]: the access log, one line per request and per tunnel.
 //! - [`route`]: the immutable routing table (host, then longest path prefix).
 //! - [`upstream`]: server choice, connect with timeout and fail-over, connection pool.
 //! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`.
@@ -24,6 +26,7 @@
 //! - [`shutdown`]: drain with a grace period, counting tunnels as well as connections.
 //! - [`echo`]: the built-in WebSocket echo upstream.
 
+pub mod access;
 pub mod admin;
 pub mod body;
 pub mod config;
@@ -35,6 +38,7 @@ pub mod handshake;
 pub mod headers;
 pub mod metrics;
 pub mod proxy;
+pub mod request;
 pub mod route;
 pub mod server;
 pub mod shutdown;

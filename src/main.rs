@@ -46,11 +46,13 @@ fn main() -> ExitCode {
     // (1024) would refuse connections long before max_connections. The hard limit is
     // the ceiling an unprivileged process may raise to.
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) if (n as usize) < settings.limits.max_connections.saturating_mul(2) => tracing::warn!(
-            open_files = n,
-            max_connections = settings.limits.max_connections,
-            "the open-file limit is below 2 x max_connections: tunnels will be refused before that"
-        ),
+        Ok(n) if (n as usize) < settings.limits.max_connections.saturating_mul(2) => {
+            tracing::warn!(
+                open_files = n,
+                max_connections = settings.limits.max_connections,
+                "the open-file limit is below 2 x max_connections: tunnels will be refused before that"
+            )
+        }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }

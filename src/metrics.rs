@@ -187,7 +187,7 @@ impl Metrics {
 
     /// Handles for one route (routes that share a name share their series).
     pub fn route(&self, name: &str) -> RouteMetrics {
-        RouteMetrics {
+        let route = RouteMetrics {
             name: name.to_owned(),
             tunnels_active: self.tunnels_active.with_label_values(&[name]),
             upgraded: self.handshakes.with_label_values(&[name, "upgraded"]),
@@ -203,7 +203,17 @@ impl Metrics {
             http_duration: self.http_duration.with_label_values(&[name]),
             http_requests: self.http_requests.clone(),
             by_status: Box::new([const { OnceLock::new() }; STATUS_SLOTS]),
+        };
+        // The statuses every route sees sooner or later exist from the start at 0, so
+        // that the first one counted shows in rate() and in ratio alerts.
+        for status in [
+            http::StatusCode::OK,
+            http::StatusCode::BAD_GATEWAY,
+            http::StatusCode::GATEWAY_TIMEOUT,
+        ] {
+            route.status_counter(status);
         }
+        route
     }
 
     /// Handles for one upstream.
@@ -264,15 +274,19 @@ impl RouteMetrics {
 
     /// Counts one HTTP response by status.
     pub fn http_request(&self, status: http::StatusCode) {
-        let code = status.as_u16();
-        let Some(slot) = self.by_status.get(usize::from(code).wrapping_sub(100)) else {
-            return;
-        };
-        slot.get_or_init(|| {
+        if let Some(c) = self.status_counter(status) {
+            c.inc();
+        }
+    }
+
+    fn status_counter(&self, status: http::StatusCode) -> Option<&IntCounter> {
+        let slot = self
+            .by_status
+            .get(usize::from(status.as_u16()).wrapping_sub(100))?;
+        Some(slot.get_or_init(|| {
             self.http_requests
                 .with_label_values(&[self.name.as_str(), status.as_str()])
-        })
-        .inc();
+        }))
     }
 }
 

@@ -1,33 +1,45 @@
 //! The request service, as ordered steps: check -> route -> rewrite -> forward ->
-//! respond. WebSocket handshakes take the same road to the upstream and open a tunnel
-//! only on a checked `101`.
+//! respond -> log. WebSocket handshakes take the same road to the upstream and open a
+//! tunnel only on a checked `101`.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::header::HeaderValue;
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::ProxyBody;
+use crate::access;
+use crate::body::{ProxyBody, RequestBody};
+use crate::config::Timeouts;
 use crate::conn::ConnInfo;
 use crate::error::{Origin, ProxyError};
 use crate::handshake::{self, Upgrade};
 use crate::headers;
 use crate::metrics::HandshakeOutcome;
+use crate::request::{has_dot_segments, redirect_to_https, request_host, rewrite_request};
 use crate::route::{Route, RouteTable};
 use crate::shutdown::Shutdown;
 use crate::tunnel;
+use crate::upstream::Server;
 
 /// What requests are served with; replaced whole on reload, so a request sees either
 /// the old or the new configuration, never half of each.
 pub struct State {
     pub routes: RouteTable,
-    pub timeouts: crate::config::Timeouts,
+    pub timeouts: Timeouts,
+    pub access: AccessLog,
+}
+
+/// Access log settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessLog {
+    pub enabled: bool,
+    /// Write paths with their query strings.
+    pub query: bool,
 }
 
 /// The request service shared by every connection.
@@ -36,20 +48,23 @@ pub struct Proxy {
     shutdown: Shutdown,
 }
 
-/// A failed request: the error, and what is known of where it was going.
-struct Failure {
-    error: ProxyError,
+/// One request in flight: what the error path and the access line need.
+struct Exchange<'a> {
+    conn: &'a Arc<ConnInfo>,
+    started: Instant,
     route: Option<Arc<Route>>,
-    server: Option<String>,
+    server: Option<Arc<Server>>,
+    access: Option<Box<access::Entry>>,
 }
 
-impl From<ProxyError> for Failure {
-    fn from(error: ProxyError) -> Self {
-        Failure {
-            error,
-            route: None,
-            server: None,
-        }
+impl Exchange<'_> {
+    /// The access entry, with what is now known, to travel with the response.
+    fn entry(&mut self, status: StatusCode) -> Option<Box<access::Entry>> {
+        let mut e = self.access.take()?;
+        e.route = self.route.as_ref().map(|r| r.name.clone());
+        e.server = self.server.as_ref().map(|s| s.name.clone());
+        e.status = status.as_u16();
+        Some(e)
     }
 }
 
@@ -72,25 +87,47 @@ impl Proxy {
         req: Request<Incoming>,
         conn: &Arc<ConnInfo>,
     ) -> Response<ProxyBody> {
-        let started = Instant::now();
+        let access = self.state.load().access;
+        let mut x = Exchange {
+            conn,
+            started: Instant::now(),
+            route: None,
+            server: None,
+            access: access.enabled.then(|| {
+                Box::new(access::Entry {
+                    started: Instant::now(),
+                    listener: conn.listener.name.clone(),
+                    client: conn.client,
+                    method: req.method().clone(),
+                    host: req.headers().get(http::header::HOST).cloned(),
+                    uri: req.uri().clone(),
+                    with_query: access.query,
+                    route: None,
+                    server: None,
+                    status: 0,
+                    bytes_in: Arc::new(AtomicU64::new(0)),
+                })
+            }),
+        };
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        match self.serve(req, conn, started).await {
+        match self.serve(req, &mut x).await {
             Ok(resp) => resp,
-            Err(f) => {
-                let route = f.route.as_ref().map_or("-", |r| r.name.as_str());
-                let server = f.server.as_deref().unwrap_or("-");
-                match f.error.origin() {
+            Err(error) => {
+                let route = x.route.as_ref().map_or("-", |r| &*r.name);
+                let server = x.server.as_ref().map_or("-", |s| &*s.name);
+                let status = error.status();
+                match error.origin() {
                     Origin::Client => tracing::info!(
-                        client = %conn.client, listener = %conn.listener, route, %method, path,
-                        status = f.error.status().as_u16(), cause = %f.error, "request refused"
+                        client = %conn.client, listener = %conn.listener, route, %method,
+                        status = status.as_u16(), cause = %error, "request refused"
                     ),
                     Origin::Upstream => tracing::warn!(
-                        client = %conn.client, listener = %conn.listener, route, server, %method, path,
-                        status = f.error.status().as_u16(), cause = %f.error, "upstream failure"
+                        client = %conn.client, listener = %conn.listener, route, server, %method,
+                        status = status.as_u16(), cause = %error, "upstream failure"
                     ),
                 }
-                f.error.response()
+                let entry = x.entry(status);
+                error.response().map(|b| b.with_access(entry))
             }
         }
     }
@@ -98,36 +135,34 @@ impl Proxy {
     async fn serve(
         &self,
         mut req: Request<Incoming>,
-        conn: &Arc<ConnInfo>,
-        started: Instant,
-    ) -> Result<Response<ProxyBody>, Failure> {
+        x: &mut Exchange<'_>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // ---- check ----
         if req.method() == Method::CONNECT {
-            return Err(
-                ProxyError::MethodNotAllowed("CONNECT: this is not a forward proxy").into(),
-            );
+            return Err(ProxyError::MethodNotAllowed(
+                "CONNECT: this is not a forward proxy",
+            ));
         }
         let host = request_host(&req)?;
-        if let Some(port) = conn.listener.redirect_https {
-            return Ok(redirect_to_https(&req, host.as_ref(), port));
+        if let Some(port) = x.conn.listener.redirect_https {
+            let resp = redirect_to_https(&req, host.as_ref(), port);
+            let entry = x.entry(resp.status());
+            return Ok(resp.map(|b| b.with_access(entry)));
         }
         if has_dot_segments(req.uri().path()) {
-            return Err(ProxyError::BadRequest("the path has `.` or `..` segments").into());
+            return Err(ProxyError::BadRequest("the path has `.` or `..` segments"));
         }
         let upgrade = handshake::classify(req.method(), req.headers());
 
-        let (route, timeouts) = {
+        // ---- route ----
+        let timeouts = {
             let state = self.state.load();
             let host = host.as_ref().and_then(|h| h.to_str().ok());
-            let route = state.routes.find(host, req.uri().path()).cloned();
-            (route, state.timeouts)
+            x.route = state.routes.find(host, req.uri().path()).cloned();
+            state.timeouts
         };
-        let Some(route) = route else {
-            return Err(ProxyError::NoRoute.into());
-        };
-        let fail = |error: ProxyError| Failure {
-            error,
-            route: Some(route.clone()),
-            server: None,
+        let Some(route) = x.route.clone() else {
+            return Err(ProxyError::NoRoute);
         };
 
         if upgrade == Upgrade::WebSocket {
@@ -135,106 +170,102 @@ impl Proxy {
                 Ok(k) => <[u8; 24]>::try_from(k).expect("a checked key is 24 bytes"),
                 Err(e) => {
                     route.metrics.handshake(HandshakeOutcome::Rejected);
-                    return Err(fail(e));
+                    return Err(e);
                 }
             };
             let client_upgrade = hyper::upgrade::on(&mut req);
-            let (mut parts, body) = req.into_parts();
-            rewrite_request(&mut parts, conn, host, Upgrade::WebSocket);
+            let timers = tunnel::Timers {
+                idle: timeouts.idle,
+                half_closed: timeouts.half_closed,
+            };
             return self
-                .handshake(
-                    Request::from_parts(parts, body),
-                    key,
-                    client_upgrade,
-                    &route,
-                    conn,
-                    tunnel::Timers {
-                        idle: timeouts.idle,
-                        half_closed: timeouts.half_closed,
-                    },
-                )
+                .handshake(req, host, key, client_upgrade, &route, x, timers)
                 .await;
         }
 
+        // ---- rewrite, forward ----
         let (mut parts, body) = req.into_parts();
-        rewrite_request(&mut parts, conn, host, upgrade);
-        let result = route.upstream.send(Request::from_parts(parts, body)).await;
-        let answer = match result {
+        rewrite_request(&mut parts, x.conn, host, upgrade);
+        let counted = x.access.as_ref().map(|e| e.bytes_in.clone());
+        let req = Request::from_parts(parts, RequestBody::new(body, counted));
+        let answer = match route.upstream.send(req).await {
             Ok(a) => a,
             Err(e) => {
                 route.metrics.http_request(e.status());
                 route
                     .metrics
                     .http_duration
-                    .observe(started.elapsed().as_secs_f64());
-                return Err(fail(e));
+                    .observe(x.started.elapsed().as_secs_f64());
+                return Err(e);
             }
         };
+        x.server = Some(answer.server.clone());
+
+        // ---- respond ----
         let (mut parts, body) = answer.response.into_parts();
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             // Passing this on would switch the client's connection to a protocol
             // nobody agreed to; the upstream connection is dropped, not pooled.
             route.metrics.http_request(StatusCode::BAD_GATEWAY);
-            return Err(Failure {
-                error: ProxyError::UnexpectedUpgrade,
-                route: Some(route),
-                server: Some(answer.server.name.clone()),
-            });
+            return Err(ProxyError::UnexpectedUpgrade);
         }
         headers::remove_hop_by_hop(&mut parts.headers);
         route.metrics.http_request(parts.status);
         route
             .metrics
             .http_duration
-            .observe(started.elapsed().as_secs_f64());
+            .observe(x.started.elapsed().as_secs_f64());
+        let entry = x.entry(parts.status);
         Ok(Response::from_parts(
             parts,
-            ProxyBody::upstream(body, Some(answer.checkin)),
+            ProxyBody::upstream(body, Some(answer.checkin)).with_access(entry),
         ))
     }
 
     /// Forwards a checked WebSocket handshake and, on a valid 101, answers the client
     /// with it and starts the tunnel.
+    #[allow(clippy::too_many_arguments)]
     async fn handshake(
         &self,
         req: Request<Incoming>,
+        host: Option<HeaderValue>,
         key: [u8; 24],
         client_upgrade: hyper::upgrade::OnUpgrade,
         route: &Arc<Route>,
-        conn: &Arc<ConnInfo>,
+        x: &mut Exchange<'_>,
         timers: tunnel::Timers,
-    ) -> Result<Response<ProxyBody>, Failure> {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        rewrite_request(&mut parts, x.conn, host, Upgrade::WebSocket);
+        let req = Request::from_parts(parts, RequestBody::new(body, None));
         let (mut resp, server) = match route.upstream.send_upgrade(req).await {
             Ok(r) => r,
             Err(error) => {
                 route.metrics.handshake(HandshakeOutcome::UpstreamError);
-                return Err(Failure {
-                    error,
-                    route: Some(route.clone()),
-                    server: None,
-                });
+                return Err(error);
             }
         };
+        x.server = Some(server.clone());
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // The upstream refused: its answer goes back as an ordinary response, the
             // client's connection stays HTTP, and the upstream connection is closed
             // once the body is through.
             route.metrics.handshake(HandshakeOutcome::Rejected);
             tracing::info!(
-                client = %conn.client, route = %route.name, server = %server.name,
+                client = %x.conn.client, route = %route.name, server = %server.name,
                 status = resp.status().as_u16(), "upstream refused the WebSocket handshake"
             );
             let (mut parts, body) = resp.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers);
-            return Ok(Response::from_parts(parts, ProxyBody::upstream(body, None)));
+            let entry = x.entry(parts.status);
+            return Ok(Response::from_parts(
+                parts,
+                ProxyBody::upstream(body, None).with_access(entry),
+            ));
         }
         if let Err(error) = handshake::check_response(resp.status(), resp.headers(), &key) {
             route.metrics.handshake(HandshakeOutcome::Rejected);
-            return Err(Failure {
-                error,
-                route: Some(route.clone()),
-                server: Some(server.name.clone()),
-            });
+            return Err(error);
         }
         route.metrics.handshake(HandshakeOutcome::Upgraded);
 
@@ -244,202 +275,65 @@ impl Proxy {
         headers::set_websocket_upgrade(&mut parts.headers);
         parts.version = Version::HTTP_11;
 
-        let route = route.clone();
-        let conn = conn.clone();
-        let shutdown = self.shutdown.clone();
+        let tunnel = Tunnel {
+            route: route.clone(),
+            conn: x.conn.clone(),
+            server,
+            timers,
+            shutdown: self.shutdown.clone(),
+            access: x.entry(StatusCode::SWITCHING_PROTOCOLS),
+        };
         self.shutdown.spawn(async move {
-            let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::debug!(client = %conn.client, route = %route.name, error = %e, "upgrade did not complete");
-                    return;
-                }
-            };
-            run_tunnel(client, upstream, &route, &conn, &server.name, timers, &shutdown).await;
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) => tunnel.run(client, upstream).await,
+                Err(e) => tracing::debug!(
+                    client = %tunnel.conn.client, route = %tunnel.route.name, error = %e,
+                    "upgrade did not complete"
+                ),
+            }
         });
         Ok(Response::from_parts(parts, ProxyBody::empty()))
     }
 }
 
-/// Runs one tunnel to its end and logs how it ended.
-async fn run_tunnel(
-    client: hyper::upgrade::Upgraded,
-    upstream: hyper::upgrade::Upgraded,
-    route: &Route,
-    conn: &ConnInfo,
-    server: &str,
+/// A tunnel about to run, with everything it reports to.
+struct Tunnel {
+    route: Arc<Route>,
+    /// Kept for the tunnel's life: it holds the connection's place under the limit.
+    conn: Arc<ConnInfo>,
+    server: Arc<Server>,
     timers: tunnel::Timers,
-    shutdown: &Shutdown,
-) {
-    let started = Instant::now();
-    let metrics = &route.metrics;
-    metrics.tunnels_active.inc();
-    let counters = tunnel::Counters {
-        client_to_upstream: metrics.client_to_upstream.clone(),
-        upstream_to_client: metrics.upstream_to_client.clone(),
-    };
-    let report = tunnel::run(
-        TokioIo::new(client),
-        TokioIo::new(upstream),
-        timers,
-        counters,
-        shutdown.stopped(),
-    )
-    .await;
-    let duration = started.elapsed();
-    metrics.tunnel_duration.observe(duration.as_secs_f64());
-    metrics.tunnels_active.dec();
-    tracing::debug!(
-        client = %conn.client, listener = %conn.listener, route = %route.name, server,
-        end = report.end.as_str(), client_to_upstream = report.client_to_upstream,
-        upstream_to_client = report.upstream_to_client, duration_ms = duration.as_millis() as u64,
-        "tunnel closed"
-    );
+    shutdown: Shutdown,
+    access: Option<Box<access::Entry>>,
 }
 
-/// A `308 Permanent Redirect` to the same host and target on `https://`: 308 rather
-/// than 301 so that clients repeat the method and body.
-fn redirect_to_https(
-    req: &Request<Incoming>,
-    host: Option<&HeaderValue>,
-    port: u16,
-) -> Response<ProxyBody> {
-    let host = host
-        .and_then(|h| h.to_str().ok())
-        .map(crate::route::strip_port);
-    let Some(host) = host.filter(|h| !h.is_empty()) else {
-        return ProxyError::BadRequest("a redirect to HTTPS needs a Host header").response();
-    };
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let location = if port == 443 {
-        format!("https://{host}{target}")
-    } else {
-        format!("https://{host}:{port}{target}")
-    };
-    let mut resp = Response::new(ProxyBody::full(Bytes::from_static(b"moved to https\n")));
-    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
-    match HeaderValue::from_str(&location) {
-        Ok(v) => {
-            resp.headers_mut().insert(header::LOCATION, v);
-        }
-        Err(_) => {
-            return ProxyError::BadRequest("the request target cannot be redirected").response();
-        }
-    }
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-/// The host a request is for: the authority of an absolute-form target, else the Host
-/// header. HTTP/1.1 requires one (RFC 9112 §3.2).
-fn request_host(req: &Request<Incoming>) -> Result<Option<HeaderValue>, ProxyError> {
-    if let Some(auth) = req.uri().authority() {
-        return HeaderValue::from_str(auth.as_str())
-            .map(Some)
-            .map_err(|_| ProxyError::BadRequest("the request target's host is not valid"));
-    }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(h), None) => Ok(Some(h.clone())),
-        (Some(_), Some(_)) => Err(ProxyError::BadRequest("more than one Host header")),
-        (None, _) if req.version() == Version::HTTP_11 => {
-            Err(ProxyError::BadRequest("HTTP/1.1 requires a Host header"))
-        }
-        (None, _) => Ok(None),
-    }
-}
-
-/// Rewrites a client's request head into the one sent upstream: origin-form target,
-/// HTTP/1.1, no hop-by-hop headers, the forwarding headers set, and the upgrade
-/// headers again for a WebSocket handshake.
-fn rewrite_request(
-    parts: &mut Parts,
-    conn: &ConnInfo,
-    host: Option<HeaderValue>,
-    upgrade: Upgrade,
-) {
-    if parts.uri.authority().is_some() {
-        // An absolute-form target names the host; the upstream gets origin-form and a
-        // Host header that agrees with it.
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse::<Uri>()
-            .unwrap_or_else(|_| Uri::from_static("/"));
-        parts.uri = path;
-        if let Some(h) = &host {
-            parts.headers.insert(header::HOST, h.clone());
-        }
-    }
-    headers::remove_hop_by_hop(&mut parts.headers);
-    if upgrade == Upgrade::WebSocket {
-        headers::set_websocket_upgrade(&mut parts.headers);
-    }
-    headers::set_forwarded(&mut parts.headers, &conn.forwarded, host.as_ref());
-    parts.version = Version::HTTP_11;
-    // Nothing the client's connection attached (a pending upgrade of a refused `h2c`
-    // request, say) belongs to the upstream request.
-    parts.extensions = http::Extensions::new();
-}
-
-/// Whether a path has `.` or `..` segments, plain or percent-encoded. Routing matches
-/// prefixes, so `/public/../admin` must not be routed as `/public`; browsers never send
-/// such paths, so they are refused rather than rewritten.
-fn has_dot_segments(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let b = seg.as_bytes();
-        if b.is_empty() || b.len() > 6 || !(b[0] == b'.' || b[0] == b'%') {
-            return false;
-        }
-        let mut dots = 0;
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'.' {
-                i += 1;
-            } else if b.len() >= i + 3
-                && b[i] == b'%'
-                && b[i + 1] == b'2'
-                && (b[i + 2] | 0x20) == b'e'
-            {
-                i += 3;
-            } else {
-                return false;
-            }
-            dots += 1;
-        }
-        dots <= 2
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dot_segments_are_found_plain_and_encoded() {
-        for p in [
-            "/a/../b",
-            "/a/./b",
-            "/..",
-            "/a/%2e%2e/b",
-            "/a/%2E./b",
-            "/a/.%2e",
-        ] {
-            assert!(has_dot_segments(p), "{p}");
-        }
-        for p in [
-            "/",
-            "/a/b",
-            "/a/...",
-            "/a/.well-known/x",
-            "/a/%2e%2e%2e",
-            "/a/b.",
-        ] {
-            assert!(!has_dot_segments(p), "{p}");
+impl Tunnel {
+    /// Runs to the end, then logs and counts how it ended.
+    async fn run(self, client: hyper::upgrade::Upgraded, upstream: hyper::upgrade::Upgraded) {
+        let started = Instant::now();
+        let metrics = &self.route.metrics;
+        metrics.tunnels_active.inc();
+        let counters = tunnel::Counters {
+            client_to_upstream: metrics.client_to_upstream.clone(),
+            upstream_to_client: metrics.upstream_to_client.clone(),
+        };
+        let report = tunnel::run(
+            TokioIo::new(client),
+            TokioIo::new(upstream),
+            self.timers,
+            counters,
+            self.shutdown.stopped(),
+        )
+        .await;
+        let duration = started.elapsed();
+        metrics.tunnel_duration.observe(duration.as_secs_f64());
+        metrics.tunnels_active.dec();
+        tracing::debug!(
+            client = %self.conn.client, route = %self.route.name, server = %self.server.name,
+            end = report.end.as_str(), "tunnel closed"
+        );
+        if let Some(entry) = self.access {
+            entry.finish_tunnel(&report);
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::upstream::Upstream;
 
 /// One route: where matching requests go, and its metrics.
 pub struct Route {
-    pub name: String,
+    pub name: Arc<str>,
     /// The path prefix.
     pub path: String,
     pub upstream: Arc<Upstream>,
@@ -100,7 +100,7 @@ mod tests {
             t.add(
                 *host,
                 Route {
-                    name: name.to_string(),
+                    name: name.to_string().into(),
                     path: path.to_string(),
                     upstream,
                     metrics: Arc::new(m.route(name)),
@@ -111,7 +111,7 @@ mod tests {
     }
 
     fn found(t: &RouteTable, host: Option<&str>, path: &str) -> Option<String> {
-        t.find(host, path).map(|r| r.name.clone())
+        t.find(host, path).map(|r| r.name.to_string())
     }
 
     #[test]

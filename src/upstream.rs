@@ -16,6 +16,7 @@ mod connect;
 
 pub use connect::Stream;
 
+use crate::body::RequestBody;
 use crate::config::{ServerAddr, Timeouts, UpstreamTls};
 use crate::error::ProxyError;
 use crate::metrics::UpstreamMetrics;
@@ -44,7 +45,7 @@ pub struct Upstream {
 /// One upstream server and its idle connections.
 pub struct Server {
     /// As written in the configuration.
-    pub name: String,
+    pub name: Arc<str>,
     pub addr: SocketAddr,
     /// The Host header for requests that came without one (HTTP/1.0).
     host: HeaderValue,
@@ -53,13 +54,13 @@ pub struct Server {
 }
 
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     since: Instant,
 }
 
 /// A pooled connection on loan to one response, returned by [`Checkin::give_back`].
 pub struct Checkin {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     server: Arc<Server>,
 }
 
@@ -95,7 +96,7 @@ impl Upstream {
                 .iter()
                 .map(|s| {
                     Arc::new(Server {
-                        name: s.name.clone(),
+                        name: s.name.as_str().into(),
                         addr: s.addr,
                         host: HeaderValue::from_str(&s.name)
                             .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
@@ -152,7 +153,7 @@ impl Upstream {
     ///
     /// A server that cannot be connected is skipped for the next; a request is sent
     /// again only when it provably never left (the pooled connection closed first).
-    pub async fn send(&self, mut req: Request<Incoming>) -> Result<Answer, ProxyError> {
+    pub async fn send(&self, mut req: Request<RequestBody>) -> Result<Answer, ProxyError> {
         let mut last = None;
         for server in self.order() {
             server.default_host(&mut req);
@@ -208,7 +209,7 @@ impl Upstream {
         })))
     }
 
-    async fn open_pooled(&self, server: &Server) -> std::io::Result<SendRequest<Incoming>> {
+    async fn open_pooled(&self, server: &Server) -> std::io::Result<SendRequest<RequestBody>> {
         let stream = self.open(server).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
@@ -226,7 +227,7 @@ impl Upstream {
     /// response head. The caller checks the response and takes the upgrade.
     pub async fn send_upgrade(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Arc<Server>), ProxyError> {
         let mut req = req;
         let (server, stream) = self.connect().await?;
@@ -258,7 +259,7 @@ impl Server {
         }
     }
 
-    fn take_idle(&self) -> Option<SendRequest<Incoming>> {
+    fn take_idle(&self) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // Newest first: the most recently used connection is the least likely to have
         // been closed by the server.
@@ -270,7 +271,7 @@ impl Server {
         None
     }
 
-    fn put_idle(&self, sender: SendRequest<Incoming>) {
+    fn put_idle(&self, sender: SendRequest<RequestBody>) {
         if sender.is_closed() || self.keepalive == 0 {
             return;
         }

@@ -294,7 +294,9 @@ async fn an_upstream_reset_mid_tunnel_closes_the_client() {
         let mut b = [0u8; 1];
         let _ = s.read(&mut b).await;
         // Reset: linger 0 makes close send RST (and never blocks).
-        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
         drop(s);
     })
     .await;

@@ -83,6 +83,8 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// One line per request and per finished tunnel.
     pub access: bool,
+    /// Access lines show paths with their query strings (which may hold secrets).
+    pub access_query: bool,
 }
 
 /// How log lines are written.

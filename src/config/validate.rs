@@ -176,6 +176,7 @@ impl Validator<'_> {
         LogSettings {
             format,
             access: l.access.unwrap_or(true),
+            access_query: l.access_query.unwrap_or(false),
         }
     }
 

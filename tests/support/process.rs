@@ -45,11 +45,21 @@ impl Sluice {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("sluice logs its addresses");
-            if let Some(addr) = line.split("addr=").nth(1) {
-                let addr: SocketAddr = addr.split_whitespace().next().unwrap().parse().unwrap();
+            // Text lines say `listener=http addr=...`, JSON lines `"listener":"http","addr":"..."`.
+            let text_addr = line
+                .split("addr=")
+                .nth(1)
+                .and_then(|a| a.split_whitespace().next());
+            let json_addr = line
+                .split("\"addr\":\"")
+                .nth(1)
+                .and_then(|a| a.split('"').next());
+            if let Some(addr) = text_addr.or(json_addr) {
+                let addr: SocketAddr = addr.parse().unwrap();
                 if line.contains("admin listening") {
                     admin = Some(addr);
-                } else if line.contains("listener=http ") {
+                } else if line.contains("listener=http ") || line.contains("\"listener\":\"http\"")
+                {
                     http = Some(addr);
                 }
             }

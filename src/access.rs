@@ -1,0 +1,76 @@
+//! The access log: one structured line per HTTP request, written when its response
+//! has been sent, and one per tunnel, written when it ends.
+//!
+//! Lines are tracing events with target `access` at INFO, so they take the log format
+//! of the rest (`[log] format`) and can be filtered with `RUST_LOG` (`access=off`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Uri};
+
+/// What an access line says of a request, gathered as the request is served.
+pub struct Entry {
+    pub started: Instant,
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub method: Method,
+    pub host: Option<HeaderValue>,
+    pub uri: Uri,
+    pub with_query: bool,
+    pub route: Option<Arc<str>>,
+    pub server: Option<Arc<str>>,
+    pub status: u16,
+    /// Request body bytes, counted as the upstream reads them.
+    pub bytes_in: Arc<AtomicU64>,
+}
+
+impl Entry {
+    fn path(&self) -> &str {
+        match (self.with_query, self.uri.path_and_query()) {
+            (true, Some(pq)) => pq.as_str(),
+            _ => self.uri.path(),
+        }
+    }
+
+    /// Writes the line for a finished HTTP request.
+    pub fn finish(self, bytes_out: u64) {
+        tracing::info!(
+            target: "access",
+            kind = "http",
+            listener = &*self.listener,
+            client = %self.client,
+            method = %self.method,
+            host = self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
+            path = self.path(),
+            route = self.route.as_deref().unwrap_or("-"),
+            server = self.server.as_deref().unwrap_or("-"),
+            status = self.status,
+            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+
+    /// Writes the line for a finished tunnel: its bytes each way and why it ended.
+    pub fn finish_tunnel(self, report: &crate::tunnel::Report) {
+        tracing::info!(
+            target: "access",
+            kind = "tunnel",
+            listener = &*self.listener,
+            client = %self.client,
+            method = %self.method,
+            host = self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
+            path = self.path(),
+            route = self.route.as_deref().unwrap_or("-"),
+            server = self.server.as_deref().unwrap_or("-"),
+            status = self.status,
+            bytes_in = report.client_to_upstream,
+            bytes_out = report.upstream_to_client,
+            end = report.end.as_str(),
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+}
