@@ -48,6 +48,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
     let base = path.parent().unwrap_or(Path::new("."));
     let mut settings = validate::settings(file, text, base).map_err(fail)?;
     settings.source = path.to_owned();
+    settings.hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
     Ok(settings)
 }
 
@@ -131,6 +132,8 @@ pub(crate) struct File {
     #[serde(default)]
     pub runtime: RuntimeFile,
     #[serde(default)]
+    pub tcp: TcpFile,
+    #[serde(default)]
     pub listeners: Vec<Spanned<ListenerFile>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RouteFile>>,
@@ -161,6 +164,19 @@ pub(crate) struct TimeoutsFile {
 pub(crate) struct LimitsFile {
     pub max_connections: Option<Spanned<i64>>,
     pub max_request_header_bytes: Option<Spanned<i64>>,
+    pub max_connections_per_ip: Option<Spanned<i64>>,
+    pub handshakes_per_second_per_ip: Option<Spanned<f64>>,
+    pub handshake_burst_per_ip: Option<Spanned<f64>>,
+    pub max_tunnel_lifetime: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TcpFile {
+    pub keepalive: Option<Spanned<String>>,
+    pub keepalive_interval: Option<Spanned<String>>,
+    pub keepalive_probes: Option<Spanned<i64>>,
+    pub user_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -185,6 +201,8 @@ pub(crate) struct ListenerFile {
     pub tls: Option<Spanned<ListenerTlsFile>>,
     pub redirect_https: Option<Spanned<bool>>,
     pub redirect_https_port: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub reuse_port: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,12 +229,17 @@ pub(crate) struct RouteFile {
     pub host: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
     pub upstream: Spanned<String>,
+    pub subprotocol: Option<Spanned<String>>,
+    pub allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpstreamFile {
-    pub servers: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Each a `"host:port"` string or a `{ addr = "host:port", weight = N }` table;
+    /// kept as TOML values and read in validation, where a bad one can be named with
+    /// its position (serde's untagged enums lose positions).
+    pub servers: Option<Spanned<Vec<Spanned<toml::Value>>>>,
     pub builtin: Option<Spanned<String>>,
     pub keepalive: Option<Spanned<i64>>,
     pub tls: Option<Spanned<bool>>,
@@ -224,6 +247,24 @@ pub(crate) struct UpstreamFile {
     pub ca: Option<Spanned<String>>,
     pub client_cert: Option<Spanned<String>>,
     pub client_key: Option<Spanned<String>>,
+    pub balance: Option<Spanned<String>>,
+    pub hash_key: Option<Spanned<String>>,
+    pub max_connections_per_server: Option<Spanned<i64>>,
+    pub max_fails: Option<Spanned<i64>>,
+    pub fail_timeout: Option<Spanned<String>>,
+    pub health_check: Option<Spanned<HealthCheckFile>>,
+    pub resolve_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthCheckFile {
+    pub path: Option<Spanned<String>>,
+    pub tcp: Option<bool>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub fails: Option<Spanned<i64>>,
+    pub passes: Option<Spanned<i64>>,
 }
 
 #[cfg(test)]

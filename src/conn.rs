@@ -8,19 +8,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{Limits, ListenerSettings, Tcp, Timeouts};
+use crate::headers::Forwarded;
+use crate::limits::{Admission, ConnLimit};
+use crate::metrics::ListenerMetrics;
+use crate::proxy::Proxy;
+use crate::shutdown::Shutdown;
+use crate::tls::{ServerTls, TlsError};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
-
-use crate::config::{Limits, ListenerSettings, Timeouts};
-use crate::headers::Forwarded;
-use crate::metrics::ListenerMetrics;
-use crate::proxy::Proxy;
-use crate::shutdown::Shutdown;
-use crate::tls::{ServerTls, TlsError};
 
 /// What every connection of one listener shares.
 pub struct ListenerCtx {
@@ -30,6 +29,9 @@ pub struct ListenerCtx {
     pub tls: Option<ServerTls>,
     /// Set when every request is answered with a redirect to HTTPS on this port.
     pub redirect_https: Option<u16>,
+    /// This listener's own connection limit, kept across reloads.
+    pub limit: Option<Arc<ConnLimit>>,
+    pub tcp: Tcp,
     tls_handshake: Duration,
     http: http1::Builder,
 }
@@ -40,6 +42,8 @@ impl ListenerCtx {
         metrics: ListenerMetrics,
         timeouts: &Timeouts,
         limits: &Limits,
+        tcp: Tcp,
+        limit: Option<Arc<ConnLimit>>,
     ) -> Result<Self, TlsError> {
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
@@ -55,6 +59,8 @@ impl ListenerCtx {
             metrics,
             tls: settings.tls.as_ref().map(ServerTls::new).transpose()?,
             redirect_https: settings.redirect_https,
+            limit,
+            tcp,
             tls_handshake: timeouts.tls_handshake,
             http,
         })
@@ -67,19 +73,19 @@ impl fmt::Display for ListenerCtx {
     }
 }
 
-/// A client connection's place under the connection limit, and in the gauges; held
-/// from accept until the connection, or the tunnel it became, is gone.
+/// A client connection's place under the limits, and in the gauges; held from
+/// accept until the connection, or the tunnel it became, is gone.
 pub struct ConnGuard {
-    _permit: OwnedSemaphorePermit,
+    _admission: Admission,
     metrics: ListenerMetrics,
 }
 
 impl ConnGuard {
-    pub fn new(permit: OwnedSemaphorePermit, metrics: &ListenerMetrics) -> ConnGuard {
+    pub fn new(admission: Admission, metrics: &ListenerMetrics) -> ConnGuard {
         metrics.total.inc();
         metrics.active.inc();
         ConnGuard {
-            _permit: permit,
+            _admission: admission,
             metrics: metrics.clone(),
         }
     }

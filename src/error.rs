@@ -24,6 +24,10 @@ pub enum ProxyError {
     UnsupportedVersion,
     #[error("method not allowed here: {0}")]
     MethodNotAllowed(&'static str),
+    #[error("this Origin may not open WebSockets here")]
+    OriginNotAllowed,
+    #[error("too many WebSocket handshakes from this client; slow down")]
+    RateLimited,
 
     // ---- the upstream ----
     #[error("no server could be connected: {0}")]
@@ -36,6 +40,8 @@ pub enum ProxyError {
     BadUpgradeResponse(&'static str),
     #[error("upstream answered 101 to a request that asked for no upgrade")]
     UnexpectedUpgrade,
+    #[error("every server is at its connection limit")]
+    UpstreamFull,
 }
 
 /// Which side a failure belongs to.
@@ -54,6 +60,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::BadHandshake(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::UpstreamFull => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_)
             | ProxyError::Upstream(_)
             | ProxyError::BadUpgradeResponse(_)
@@ -69,12 +78,15 @@ impl ProxyError {
             | ProxyError::BadRequest(_)
             | ProxyError::BadHandshake(_)
             | ProxyError::UnsupportedVersion
-            | ProxyError::MethodNotAllowed(_) => Origin::Client,
+            | ProxyError::MethodNotAllowed(_)
+            | ProxyError::OriginNotAllowed
+            | ProxyError::RateLimited => Origin::Client,
             ProxyError::Connect(_)
             | ProxyError::ResponseTimeout(_)
             | ProxyError::Upstream(_)
             | ProxyError::BadUpgradeResponse(_)
-            | ProxyError::UnexpectedUpgrade => Origin::Upstream,
+            | ProxyError::UnexpectedUpgrade
+            | ProxyError::UpstreamFull => Origin::Upstream,
         }
     }
 
@@ -86,6 +98,7 @@ impl ProxyError {
             // since the cause (addresses, certificates) is for the operator's log.
             ProxyError::NoRoute => "no route for this host and path\n".to_owned(),
             ProxyError::ResponseTimeout(_) => "upstream timed out\n".to_owned(),
+            ProxyError::UpstreamFull => "upstream at capacity; try again later\n".to_owned(),
             e if e.origin() == Origin::Upstream => "bad gateway\n".to_owned(),
             e => format!("{e}\n"),
         };
@@ -102,6 +115,9 @@ impl ProxyError {
                     header::SEC_WEBSOCKET_VERSION,
                     HeaderValue::from_static("13"),
                 );
+            }
+            ProxyError::RateLimited | ProxyError::UpstreamFull => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ProxyError::MethodNotAllowed(_) => {
                 headers.insert(
@@ -129,6 +145,9 @@ mod tests {
             (ProxyError::BadHandshake("x"), 400, Origin::Client),
             (ProxyError::UnsupportedVersion, 426, Origin::Client),
             (ProxyError::MethodNotAllowed("x"), 405, Origin::Client),
+            (ProxyError::OriginNotAllowed, 403, Origin::Client),
+            (ProxyError::RateLimited, 429, Origin::Client),
+            (ProxyError::UpstreamFull, 503, Origin::Upstream),
             (ProxyError::Connect(io()), 502, Origin::Upstream),
             (
                 ProxyError::ResponseTimeout(Duration::from_secs(1)),

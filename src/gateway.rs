@@ -1,19 +1,33 @@
-//! The gateway: everything one configuration runs, started together and drained
-//! together.
+//! The gateway: everything one configuration runs, started together, reloaded in one
+//! swap, and drained together.
+//!
+//! A reload builds the new state on the side (upstreams, routes, listener contexts
+//! with their certificates, new sockets) and swaps only when all of it succeeded; any
+//! failure leaves the running configuration as it was. Servers the new configuration
+//! keeps keep their state (pooled connections, load, health), so least-connections
+//! stays right and nothing reconnects; servers it drops are retired, and their
+//! tunnels close spread over the drain period.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::{Builtin, Servers, Settings};
+use crate::config::{self, Builtin, ConfigError, ListenerSettings, ServerAddr, Servers, Settings};
 use crate::conn::ListenerCtx;
+use crate::limits::{ClientLimits, ConnLimit};
 use crate::metrics::Metrics;
+use crate::origin::OriginPolicy;
 use crate::proxy::{AccessLog, Proxy, State};
 use crate::route::{Route, RouteTable};
+use crate::server::{self, Listener};
 use crate::shutdown::Shutdown;
-use crate::upstream::Upstream;
-use crate::{admin, echo, server};
+use crate::upstream::{Server, Upstream};
+use crate::{admin, echo};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,22 +45,50 @@ pub enum StartError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("allowed_origins: {0}")]
+    Origins(String),
 }
 
-/// What a reload could not apply; everything else was applied.
+/// Why a reload did not take; the running configuration stays as it was.
 #[derive(Debug, thiserror::Error)]
-#[error("{}", failures.join("; "))]
-pub struct ReloadError {
-    pub failures: Vec<String>,
+pub enum ReloadError {
+    #[error("{}", .0.one_line())]
+    Config(ConfigError),
+    #[error("{0}")]
+    Apply(StartError),
 }
+
+/// How often per-client handshake buckets that are full again are forgotten.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A running gateway.
 pub struct Gateway {
-    settings: Settings,
+    settings: Mutex<Settings>,
     shutdown: Shutdown,
     metrics: Arc<Metrics>,
-    listeners: Vec<(Arc<ListenerCtx>, SocketAddr)>,
+    proxy: Arc<Proxy>,
+    limits: Arc<ClientLimits>,
+    listeners: Mutex<Vec<RunningListener>>,
+    /// Built-in upstreams by upstream name, kept across reloads.
+    builtins: Mutex<HashMap<String, SocketAddr>>,
     admin: Option<SocketAddr>,
+}
+
+struct RunningListener {
+    settings: ListenerSettings,
+    addr: SocketAddr,
+    ctx: Arc<ArcSwap<ListenerCtx>>,
+    limit: Option<Arc<ConnLimit>>,
+    stop: CancellationToken,
+}
+
+/// A listener socket bound for a configuration not yet installed.
+struct Pending {
+    settings: ListenerSettings,
+    ctx: Arc<ListenerCtx>,
+    limit: Option<Arc<ConnLimit>>,
+    /// A fresh socket, or `None` to keep the running listener's.
+    socket: Option<tokio::net::TcpListener>,
 }
 
 impl Gateway {
@@ -54,76 +96,58 @@ impl Gateway {
     pub async fn start(settings: Settings) -> Result<Gateway, StartError> {
         let shutdown = Shutdown::new();
         let metrics = Arc::new(Metrics::new());
-        let state = build_state(&settings, &metrics, &shutdown).await?;
-        let proxy = Arc::new(Proxy::new(state, shutdown.clone()));
-        let limit = Arc::new(Semaphore::new(settings.limits.max_connections));
-
-        // Build and bind everything before serving anything: a configuration either
-        // starts whole or not at all.
-        let mut bound = Vec::new();
-        for l in &settings.listeners {
-            let ctx = ListenerCtx::new(
-                l,
-                metrics.listener(&l.name),
-                &settings.timeouts,
-                &settings.limits,
-            )
-            .map_err(|source| StartError::Tls { source })?;
-            let listener = server::bind(l.listen).map_err(|source| StartError::Bind {
-                name: l.name.clone(),
-                addr: l.listen,
-                source,
-            })?;
-            bound.push((Arc::new(ctx), listener, l.listen));
-        }
+        let limits = Arc::new(ClientLimits::new(&settings.limits));
+        let builtins = Mutex::new(HashMap::new());
+        let state = build_state(&settings, None, &metrics, &shutdown, &builtins).await?;
+        let proxy = Arc::new(Proxy::new(state, shutdown.clone(), limits.clone()));
         let admin_listener = match settings.admin {
-            Some(addr) => Some(server::bind(addr).map_err(|source| StartError::Bind {
-                name: "admin".to_owned(),
-                addr,
-                source,
-            })?),
+            Some(addr) => Some(
+                server::bind(addr, false).map_err(|source| StartError::Bind {
+                    name: "admin".to_owned(),
+                    addr,
+                    source,
+                })?,
+            ),
             None => None,
         };
-
-        let mut listeners = Vec::new();
-        for (ctx, listener, configured) in bound {
-            let addr = listener.local_addr().unwrap_or(configured);
-            listeners.push((ctx.clone(), addr));
-            tracing::info!(listener = %ctx.name, %addr, tls = ctx.tls.is_some(), "listening");
-            tokio::spawn(server::accept_loop(
-                listener,
-                ctx,
-                proxy.clone(),
-                shutdown.clone(),
-                limit.clone(),
-            ));
-        }
-        let admin = match admin_listener {
-            Some(listener) => {
-                let addr = listener.local_addr().ok();
-                if let Some(addr) = addr {
-                    tracing::info!(%addr, "admin listening: /metrics /healthz /readyz");
-                }
-                tokio::spawn(admin::serve(listener, metrics.clone(), shutdown.clone()));
-                addr
-            }
-            None => None,
-        };
-        Ok(Gateway {
-            settings,
+        let gateway = Gateway {
+            admin: admin_listener.as_ref().and_then(|l| l.local_addr().ok()),
+            settings: Mutex::new(settings.clone()),
             shutdown,
             metrics,
-            listeners,
-            admin,
-        })
+            proxy,
+            limits,
+            listeners: Mutex::new(Vec::new()),
+            builtins,
+        };
+        let pending = gateway.prepare_listeners(&settings)?;
+        gateway.install_listeners(pending);
+        for up in gateway.proxy.state().routes.all().map(|r| &r.upstream) {
+            up.start_maintenance();
+        }
+        if let Some(listener) = admin_listener {
+            if let Some(addr) = gateway.admin {
+                tracing::info!(%addr, "admin listening: /metrics /healthz /readyz");
+            }
+            tokio::spawn(admin::serve(
+                listener,
+                gateway.metrics.clone(),
+                gateway.shutdown.clone(),
+            ));
+        }
+        gateway.spawn_sweeper();
+        gateway.metrics.config_loaded(&settings.hash);
+        Ok(gateway)
     }
 
     /// The address a listener is bound to (its port when the configuration said 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .find(|(l, _)| &*l.name == name)
-            .map(|(_, a)| *a)
+            .find(|l| l.settings.name == name)
+            .map(|l| l.addr)
     }
 
     /// The admin listener's address.
@@ -136,35 +160,204 @@ impl Gateway {
         &self.metrics
     }
 
-    /// Applies a newly loaded configuration. For now that is the certificates of TLS
-    /// listeners (matched by name): new handshakes use the new ones, open connections
-    /// keep theirs. A listener whose files fail to load keeps its certificates.
-    pub fn reload(&self, settings: &Settings) -> Result<(), ReloadError> {
-        let mut failures = Vec::new();
-        for l in &settings.listeners {
-            let (Some(new), Some((ctx, _))) = (
-                &l.tls,
-                self.listeners.iter().find(|(c, _)| *c.name == *l.name),
-            ) else {
-                continue;
-            };
-            let Some(tls) = &ctx.tls else { continue };
-            match tls.reload(new) {
-                Ok(()) => tracing::info!(listener = %l.name, "certificates reloaded"),
-                Err(e) => failures.push(format!("listener \"{}\": {e}", l.name)),
+    /// Loads the configuration file again and applies it; see [`Gateway::reload`].
+    pub async fn reload_file(&self, path: &Path) -> Result<(), ReloadError> {
+        match config::load(path) {
+            Ok(settings) => self.reload(settings).await,
+            Err(e) => {
+                self.metrics.reloaded(false);
+                Err(ReloadError::Config(e))
             }
         }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(ReloadError { failures })
+    }
+
+    /// Applies a new configuration in one swap, or not at all. Requests and tunnels
+    /// already running keep what they started with; only tunnels to servers the new
+    /// configuration drops are closed, spread over the drain period.
+    pub async fn reload(&self, settings: Settings) -> Result<(), ReloadError> {
+        let result = self.apply(&settings).await;
+        self.metrics.reloaded(result.is_ok());
+        result.map_err(ReloadError::Apply)
+    }
+
+    async fn apply(&self, settings: &Settings) -> Result<(), StartError> {
+        let old = self.proxy.state();
+        let state = build_state(
+            settings,
+            Some(&old),
+            &self.metrics,
+            &self.shutdown,
+            &self.builtins,
+        )
+        .await?;
+        let pending = self.prepare_listeners(settings)?;
+
+        // ---- nothing above changed what runs; from here on, everything does ----
+        let new_upstreams: Vec<Arc<Upstream>> = distinct_upstreams(&state.routes);
+        self.proxy.replace(state);
+        self.limits.apply(&settings.limits);
+        self.install_listeners(pending);
+        for up in distinct_upstreams(&old.routes) {
+            up.stop_maintenance();
         }
+        for up in &new_upstreams {
+            up.start_maintenance();
+        }
+        self.retire_dropped_servers(&old, &new_upstreams);
+
+        let mut current = self.settings.lock().unwrap_or_else(|p| p.into_inner());
+        if current.admin != settings.admin {
+            tracing::warn!(
+                "the admin listener's address changed; it takes effect at the next restart"
+            );
+        }
+        if current.workers != settings.workers {
+            tracing::warn!("runtime.workers changed; it takes effect at the next restart");
+        }
+        *current = settings.clone();
+        self.metrics.config_loaded(&settings.hash);
+        Ok(())
+    }
+
+    /// Builds every listener's context and binds the sockets that are new: a listener
+    /// keeps its socket when its name, address and `reuse_port` are unchanged.
+    fn prepare_listeners(&self, settings: &Settings) -> Result<Vec<Pending>, StartError> {
+        let running = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = Vec::new();
+        for l in &settings.listeners {
+            let old = running.iter().find(|r| r.settings.name == l.name);
+            let limit = l
+                .max_connections
+                .map(|max| match old.and_then(|o| o.limit.clone()) {
+                    Some(existing) => {
+                        existing.set_max(max);
+                        existing
+                    }
+                    None => ConnLimit::new(max),
+                });
+            let ctx = ListenerCtx::new(
+                l,
+                self.metrics.listener(&l.name),
+                &settings.timeouts,
+                &settings.limits,
+                settings.tcp,
+                limit.clone(),
+            )
+            .map_err(|source| StartError::Tls { source })?;
+            let keep = old.is_some_and(|o| {
+                o.settings.listen == l.listen && o.settings.reuse_port == l.reuse_port
+            });
+            let socket = if keep {
+                None
+            } else {
+                Some(
+                    server::bind(l.listen, l.reuse_port).map_err(|source| StartError::Bind {
+                        name: l.name.clone(),
+                        addr: l.listen,
+                        source,
+                    })?,
+                )
+            };
+            pending.push(Pending {
+                settings: l.clone(),
+                ctx: Arc::new(ctx),
+                limit,
+                socket,
+            });
+        }
+        Ok(pending)
+    }
+
+    /// Swaps in prepared listeners: new contexts for kept sockets, accept loops for
+    /// new sockets, and stops listeners that were removed or moved. Connections
+    /// already accepted are not touched.
+    fn install_listeners(&self, pending: Vec<Pending>) {
+        let mut running = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = Vec::with_capacity(pending.len());
+        for p in pending {
+            let old = running
+                .iter()
+                .position(|r| r.settings.name == p.settings.name)
+                .map(|i| running.swap_remove(i));
+            match (p.socket, old) {
+                (None, Some(mut old)) => {
+                    old.ctx.store(p.ctx);
+                    old.settings = p.settings;
+                    old.limit = p.limit;
+                    next.push(old);
+                }
+                (socket, old) => {
+                    if let Some(old) = old {
+                        old.stop.cancel();
+                    }
+                    let Some(socket) = socket else { continue };
+                    let addr = socket.local_addr().unwrap_or(p.settings.listen);
+                    tracing::info!(listener = %p.settings.name, %addr, tls = p.ctx.tls.is_some(), "listening");
+                    let ctx = Arc::new(ArcSwap::new(p.ctx));
+                    let stop = CancellationToken::new();
+                    let listener = Listener {
+                        ctx: ctx.clone(),
+                        proxy: self.proxy.clone(),
+                        limits: self.limits.clone(),
+                        shutdown: self.shutdown.clone(),
+                        stop: stop.clone(),
+                    };
+                    tokio::spawn(listener.accept_loop(socket));
+                    next.push(RunningListener {
+                        settings: p.settings,
+                        addr,
+                        ctx,
+                        limit: p.limit,
+                        stop,
+                    });
+                }
+            }
+        }
+        for removed in running.drain(..) {
+            tracing::info!(listener = %removed.settings.name, addr = %removed.addr, "listener removed");
+            removed.stop.cancel();
+        }
+        *running = next;
+    }
+
+    /// Retires the servers of `old` that no upstream in `new` kept.
+    fn retire_dropped_servers(&self, old: &State, new: &[Arc<Upstream>]) {
+        let kept: Vec<&Arc<Server>> = new.iter().flat_map(|u| u.servers()).collect();
+        for up in distinct_upstreams(&old.routes) {
+            for s in up.servers() {
+                if !kept.iter().any(|k| Arc::ptr_eq(k, s)) {
+                    tracing::info!(upstream = %up.name, server = %s.name, "server removed: its tunnels drain");
+                    s.retire();
+                    self.metrics.forget_server(&up.name, &s.name);
+                }
+            }
+        }
+    }
+
+    fn spawn_sweeper(&self) {
+        let limits = self.limits.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => limits.sweep(),
+                    () = shutdown.stopped() => return,
+                }
+            }
+        });
     }
 
     /// Drains for the configured period, then stops; returns how many connections
     /// and tunnels had to be cut when the period ran out.
     pub async fn shutdown(&self) -> usize {
-        self.shutdown.drain(self.settings.timeouts.drain).await
+        let drain = self
+            .settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .timeouts
+            .drain;
+        self.shutdown.drain(drain).await
     }
 
     /// Stops at once, cutting every connection.
@@ -173,48 +366,115 @@ impl Gateway {
     }
 }
 
-/// Builds the routing state a configuration describes, starting built-in upstreams.
+/// Each upstream once, from the routes that use it.
+fn distinct_upstreams(routes: &RouteTable) -> Vec<Arc<Upstream>> {
+    let mut out: Vec<Arc<Upstream>> = Vec::new();
+    for r in routes.all() {
+        if !out.iter().any(|u| Arc::ptr_eq(u, &r.upstream)) {
+            out.push(r.upstream.clone());
+        }
+    }
+    out
+}
+
+/// Builds the routing state a configuration describes. Servers that `old` already
+/// has (same upstream, same server) are carried over with their state; built-in
+/// upstreams are started once and kept.
 async fn build_state(
     settings: &Settings,
+    old: Option<&State>,
     metrics: &Metrics,
     shutdown: &Shutdown,
+    builtins: &Mutex<HashMap<String, SocketAddr>>,
 ) -> Result<State, StartError> {
+    let old_upstreams = old
+        .map(|o| distinct_upstreams(&o.routes))
+        .unwrap_or_default();
     let mut upstreams = Vec::with_capacity(settings.upstreams.len());
     for u in &settings.upstreams {
-        let servers = match &u.servers {
+        let specs = match &u.servers {
             Servers::Addresses(list) => list.clone(),
             Servers::Builtin(Builtin::Echo) => {
-                let addr =
-                    echo::start(shutdown.clone())
-                        .await
-                        .map_err(|source| StartError::Builtin {
-                            what: "echo",
-                            source,
+                let known = builtins
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&u.name)
+                    .copied();
+                let addr = match known {
+                    Some(addr) => addr,
+                    None => {
+                        let addr = echo::start(shutdown.clone()).await.map_err(|source| {
+                            StartError::Builtin {
+                                what: "echo",
+                                source,
+                            }
                         })?;
-                vec![crate::config::ServerAddr {
+                        builtins
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(u.name.clone(), addr);
+                        addr
+                    }
+                };
+                vec![ServerAddr {
                     name: format!("builtin:echo@{addr}"),
-                    addr,
+                    addrs: vec![addr],
+                    resolve: false,
+                    weight: 1,
                 }]
             }
         };
+        let previous = old_upstreams.iter().find(|o| *o.name == *u.name);
+        let servers = specs
+            .iter()
+            .map(|spec| {
+                let kept =
+                    previous.and_then(|p| p.servers().iter().find(|s| *s.name == *spec.name));
+                match kept {
+                    Some(s) => {
+                        s.update(spec, u.keepalive);
+                        s.clone()
+                    }
+                    None => Arc::new(Server::new(
+                        spec,
+                        u.keepalive,
+                        metrics.server_up(&u.name, &spec.name),
+                    )),
+                }
+            })
+            .collect();
         let upstream = Upstream::new(
-            u.name.clone(),
-            &servers,
-            u.keepalive,
+            u,
+            servers,
             settings.timeouts,
-            u.tls.as_ref(),
+            settings.tcp,
             metrics.upstream(&u.name),
         )
         .map_err(|source| StartError::Tls { source })?;
+        if let Some(p) = previous
+            && p.tls_settings() != upstream.tls_settings()
+        {
+            // Pooled connections were made with the old TLS settings.
+            for s in upstream.servers() {
+                s.clear_pool();
+            }
+        }
         upstreams.push(Arc::new(upstream));
     }
     let mut routes = RouteTable::default();
     for r in &settings.routes {
+        let origins = if r.allowed_origins.is_empty() {
+            None
+        } else {
+            Some(OriginPolicy::new(&r.allowed_origins).map_err(StartError::Origins)?)
+        };
         routes.add(
             r.host.as_deref(),
             Route {
                 name: r.name.as_str().into(),
                 path: r.path.clone(),
+                subprotocol: r.subprotocol.clone(),
+                origins,
                 upstream: upstreams[r.upstream].clone(),
                 metrics: Arc::new(metrics.route(&r.name)),
             },
@@ -227,5 +487,6 @@ async fn build_state(
             enabled: settings.log.access,
             query: settings.log.access_query,
         },
+        max_tunnel_lifetime: settings.limits.max_tunnel_lifetime,
     })
 }

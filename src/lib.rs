@@ -14,7 +14,12 @@
 //! - [`request`]: request checks and rewriting: host, dot segments, HTTPS redirect, head.
 //! - [`access`]: the access log, one line per request and per tunnel.
 //! - [`route`]: the immutable routing table (host, then longest path prefix).
-//! - [`upstream`]: server choice, connect with timeout and fail-over, connection pool.
+//! - [`upstream`]: servers (addresses, load, health), connect with fail-over, pools.
+//! - [`balance`]: the balancing policies: weighted round robin, least connections,
+//!   power of two choices, consistent hashing.
+//! - [`limits`]: connection limits (process, listener, client) and the handshake rate.
+//! - [`ratelimit`]: per-client connection counts and token buckets.
+//! - [`origin`]: Origin allow-lists for WebSocket handshakes.
 //! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`.
 //! - [`handshake`]: the WebSocket handshake: recognise, check, and check the 101.
 //! - [`tls`]: rustls configurations: certificate loading, SNI choice, live swap, upstream TLS.
@@ -28,6 +33,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod balance;
 pub mod body;
 pub mod config;
 pub mod conn;
@@ -36,8 +42,11 @@ pub mod error;
 pub mod gateway;
 pub mod handshake;
 pub mod headers;
+pub mod limits;
 pub mod metrics;
+pub mod origin;
 pub mod proxy;
+pub mod ratelimit;
 pub mod request;
 pub mod route;
 pub mod server;

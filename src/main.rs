@@ -96,7 +96,7 @@ async fn run(settings: sluice::Settings) -> ExitCode {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&gateway, &source),
+            _ = hup.recv() => reload(&gateway, &source).await,
         }
     }
     tracing::info!("shutting down: draining connections and tunnels");
@@ -112,19 +112,14 @@ async fn run(settings: sluice::Settings) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// SIGHUP: reads the configuration again and applies it; a file that does not load
-/// changes nothing.
-fn reload(gateway: &Gateway, path: &std::path::Path) {
-    match config::load(path) {
-        Ok(settings) => match gateway.reload(&settings) {
-            Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
-            Err(e) => {
-                tracing::error!(config = %path.display(), error = %e, "reload incomplete; the rest was applied")
-            }
-        },
+/// SIGHUP: reads the configuration again and applies it in one swap; a file that does
+/// not load or apply changes nothing.
+async fn reload(gateway: &Gateway, path: &std::path::Path) {
+    match gateway.reload_file(path).await {
+        Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
         Err(e) => tracing::error!(
             config = %path.display(),
-            problems = %e.one_line(),
+            problems = %e,
             "reload refused, the running configuration stays"
         ),
     }

@@ -7,6 +7,8 @@
 
 use std::sync::OnceLock;
 
+use crate::limits::Refusal;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -36,7 +38,12 @@ pub struct Metrics {
     tunnel_duration: HistogramVec,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    requests_refused: IntCounterVec,
     upstream_connect: HistogramVec,
+    server_up: IntGaugeVec,
+    reloads: IntCounterVec,
+    config_info: IntGaugeVec,
+    config_loaded: IntGauge,
 }
 
 // Latency buckets in seconds, from a loopback hop (100 µs) to a slow backend (30 s).
@@ -136,6 +143,39 @@ impl Metrics {
                 &["route"],
                 LATENCY_BUCKETS
             ),
+            requests_refused: family!(
+                IntCounterVec,
+                "sluice_requests_refused_total",
+                "Requests refused by a limit: handshakes_per_second_per_ip (429) or max_connections_per_server (503).",
+                &["route", "limit"]
+            ),
+            server_up: family!(
+                IntGaugeVec,
+                "sluice_upstream_server_up",
+                "1 when the server may get new traffic; 0 when ejected, failing its health checks, or removed.",
+                &["upstream", "server"]
+            ),
+            reloads: family!(
+                IntCounterVec,
+                "sluice_config_reloads_total",
+                "Configuration reloads by result (ok or error).",
+                &["result"]
+            ),
+            config_info: family!(
+                IntGaugeVec,
+                "sluice_config_info",
+                "The loaded configuration's hash (of the file's bytes); always 1.",
+                &["hash"]
+            ),
+            config_loaded: {
+                let g = IntGauge::new(
+                    "sluice_config_loaded_timestamp_seconds",
+                    "When the running configuration was loaded, in Unix time.",
+                )
+                .expect("valid metric");
+                reg(Box::new(g.clone()));
+                g
+            },
             upstream_connect: hist!(
                 "sluice_upstream_connect_duration_seconds",
                 "Time to open a connection to an upstream server.",
@@ -144,6 +184,9 @@ impl Metrics {
             ),
             registry: registry.clone(),
         };
+        for result in ["ok", "error"] {
+            m.reloads.with_label_values(&[result]);
+        }
         let build = IntGaugeVec::new(
             Opts::new("sluice_build_info", "The running build; always 1."),
             &["version"],
@@ -177,9 +220,15 @@ impl Metrics {
         ListenerMetrics {
             active: self.connections_active.with_label_values(&[name]),
             total: self.connections_total.with_label_values(&[name]),
-            refused_max_connections: self
-                .connections_refused
-                .with_label_values(&[name, "max_connections"]),
+            refused: [
+                Refusal::MaxConnections,
+                Refusal::ListenerMaxConnections,
+                Refusal::MaxConnectionsPerIp,
+            ]
+            .map(|r| {
+                self.connections_refused
+                    .with_label_values(&[name, r.as_str()])
+            }),
             tls_ok: self.tls_handshakes.with_label_values(&[name, "ok"]),
             tls_error: self.tls_handshakes.with_label_values(&[name, "error"]),
         }
@@ -201,6 +250,12 @@ impl Metrics {
                 .with_label_values(&[name, "upstream_to_client"]),
             tunnel_duration: self.tunnel_duration.with_label_values(&[name]),
             http_duration: self.http_duration.with_label_values(&[name]),
+            refused_rate: self
+                .requests_refused
+                .with_label_values(&[name, "handshakes_per_second_per_ip"]),
+            refused_full: self
+                .requests_refused
+                .with_label_values(&[name, "max_connections_per_server"]),
             http_requests: self.http_requests.clone(),
             by_status: Box::new([const { OnceLock::new() }; STATUS_SLOTS]),
         };
@@ -214,6 +269,33 @@ impl Metrics {
             route.status_counter(status);
         }
         route
+    }
+
+    /// The up gauge of one server.
+    pub fn server_up(&self, upstream: &str, server: &str) -> IntGauge {
+        self.server_up.with_label_values(&[upstream, server])
+    }
+
+    /// Removes a server that left the configuration from the up gauges.
+    pub fn forget_server(&self, upstream: &str, server: &str) {
+        let _ = self.server_up.remove_label_values(&[upstream, server]);
+    }
+
+    /// Counts a reload and, when it took, records the configuration now running.
+    pub fn reloaded(&self, ok: bool) {
+        self.reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Records the configuration now running: its hash and when it was loaded.
+    pub fn config_loaded(&self, hash: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.config_loaded.set(now);
     }
 
     /// Handles for one upstream.
@@ -235,9 +317,16 @@ impl Default for Metrics {
 pub struct ListenerMetrics {
     pub active: IntGauge,
     pub total: IntCounter,
-    pub refused_max_connections: IntCounter,
+    refused: [IntCounter; 3],
     pub tls_ok: IntCounter,
     pub tls_error: IntCounter,
+}
+
+impl ListenerMetrics {
+    /// The counter of connections `refusal` closed.
+    pub fn refused(&self, refusal: Refusal) -> &IntCounter {
+        &self.refused[refusal as usize]
+    }
 }
 
 /// Status codes 100..=599, one lazily created counter each.
@@ -254,6 +343,10 @@ pub struct RouteMetrics {
     pub upstream_to_client: IntCounter,
     pub tunnel_duration: Histogram,
     pub http_duration: Histogram,
+    /// Handshakes refused by the per-client rate.
+    pub refused_rate: IntCounter,
+    /// Requests refused because every server was at its connection cap.
+    pub refused_full: IntCounter,
     http_requests: IntCounterVec,
     // The status label is bounded (100..=599) but too wide to create up front: each
     // slot is filled on first use, after which a request costs one atomic load and one

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::header::HeaderValue;
@@ -19,12 +19,13 @@ use crate::conn::ConnInfo;
 use crate::error::{Origin, ProxyError};
 use crate::handshake::{self, Upgrade};
 use crate::headers;
+use crate::limits::ClientLimits;
 use crate::metrics::HandshakeOutcome;
 use crate::request::{has_dot_segments, redirect_to_https, request_host, rewrite_request};
-use crate::route::{Route, RouteTable};
+use crate::route::{Route, RouteTable, offers_subprotocol};
 use crate::shutdown::Shutdown;
 use crate::tunnel;
-use crate::upstream::Server;
+use crate::upstream::{LoadGuard, Server};
 
 /// What requests are served with; replaced whole on reload, so a request sees either
 /// the old or the new configuration, never half of each.
@@ -32,6 +33,7 @@ pub struct State {
     pub routes: RouteTable,
     pub timeouts: Timeouts,
     pub access: AccessLog,
+    pub max_tunnel_lifetime: Option<Duration>,
 }
 
 /// Access log settings.
@@ -46,6 +48,7 @@ pub struct AccessLog {
 pub struct Proxy {
     state: ArcSwap<State>,
     shutdown: Shutdown,
+    limits: Arc<ClientLimits>,
 }
 
 /// One request in flight: what the error path and the access line need.
@@ -69,16 +72,23 @@ impl Exchange<'_> {
 }
 
 impl Proxy {
-    pub fn new(state: State, shutdown: Shutdown) -> Proxy {
+    pub fn new(state: State, shutdown: Shutdown, limits: Arc<ClientLimits>) -> Proxy {
         Proxy {
             state: ArcSwap::from_pointee(state),
             shutdown,
+            limits,
         }
     }
 
-    /// Installs a new state; requests already routed finish on the old one.
-    pub fn replace(&self, state: State) {
-        self.state.store(Arc::new(state));
+    /// Installs a new state; requests already routed finish on the old one. Returns
+    /// the old state.
+    pub fn replace(&self, state: State) -> Arc<State> {
+        self.state.swap(Arc::new(state))
+    }
+
+    /// The state requests are served with now.
+    pub fn state(&self) -> Arc<State> {
+        self.state.load_full()
     }
 
     /// Serves one request. Never fails: every error becomes its response.
@@ -155,42 +165,58 @@ impl Proxy {
         let upgrade = handshake::classify(req.method(), req.headers());
 
         // ---- route ----
-        let timeouts = {
+        let (timeouts, lifetime) = {
             let state = self.state.load();
             let host = host.as_ref().and_then(|h| h.to_str().ok());
-            x.route = state.routes.find(host, req.uri().path()).cloned();
-            state.timeouts
+            let headers = req.headers();
+            x.route = state
+                .routes
+                .find(host, req.uri().path(), |p| {
+                    upgrade == Upgrade::WebSocket && offers_subprotocol(headers, p)
+                })
+                .cloned();
+            (state.timeouts, state.max_tunnel_lifetime)
         };
         let Some(route) = x.route.clone() else {
             return Err(ProxyError::NoRoute);
         };
 
         if upgrade == Upgrade::WebSocket {
-            let key = match handshake::check_request(req.version(), req.headers()) {
-                Ok(k) => <[u8; 24]>::try_from(k).expect("a checked key is 24 bytes"),
+            let key = match self.check_handshake(&req, &route, x.conn) {
+                Ok(k) => k,
                 Err(e) => {
                     route.metrics.handshake(HandshakeOutcome::Rejected);
                     return Err(e);
                 }
             };
             let client_upgrade = hyper::upgrade::on(&mut req);
-            let timers = tunnel::Timers {
-                idle: timeouts.idle,
-                half_closed: timeouts.half_closed,
+            let limits = TunnelLimits {
+                timers: tunnel::Timers {
+                    idle: timeouts.idle,
+                    half_closed: timeouts.half_closed,
+                },
+                lifetime,
+                drain: timeouts.drain,
             };
             return self
-                .handshake(req, host, key, client_upgrade, &route, x, timers)
+                .handshake(req, host, key, client_upgrade, &route, x, limits)
                 .await;
         }
 
         // ---- rewrite, forward ----
+        let plan = route
+            .upstream
+            .plan(req.headers(), req.uri().query(), x.conn.client.ip());
         let (mut parts, body) = req.into_parts();
         rewrite_request(&mut parts, x.conn, host, upgrade);
         let counted = x.access.as_ref().map(|e| e.bytes_in.clone());
         let req = Request::from_parts(parts, RequestBody::new(body, counted));
-        let answer = match route.upstream.send(req).await {
+        let answer = match route.upstream.send(req, &plan).await {
             Ok(a) => a,
             Err(e) => {
+                if matches!(e, ProxyError::UpstreamFull) {
+                    route.metrics.refused_full.inc();
+                }
                 route.metrics.http_request(e.status());
                 route
                     .metrics
@@ -199,7 +225,7 @@ impl Proxy {
                 return Err(e);
             }
         };
-        x.server = Some(answer.server.clone());
+        x.server = Some(answer.checkin.server().clone());
 
         // ---- respond ----
         let (mut parts, body) = answer.response.into_parts();
@@ -222,6 +248,31 @@ impl Proxy {
         ))
     }
 
+    /// Checks a handshake before it goes anywhere: well-formed (RFC 6455), from an
+    /// allowed Origin, and within the client's handshake rate. Returns its key.
+    fn check_handshake(
+        &self,
+        req: &Request<Incoming>,
+        route: &Route,
+        conn: &ConnInfo,
+    ) -> Result<[u8; 24], ProxyError> {
+        let key = handshake::check_request(req.version(), req.headers())?;
+        let key = <[u8; 24]>::try_from(key).expect("a checked key is 24 bytes");
+        // Browsers always send Origin with a WebSocket handshake; a request without one
+        // is not a browser's, and cross-site hijacking needs a browser.
+        if let (Some(policy), Some(origin)) =
+            (&route.origins, req.headers().get(http::header::ORIGIN))
+            && !policy.allows(origin.as_bytes())
+        {
+            return Err(ProxyError::OriginNotAllowed);
+        }
+        if !self.limits.allow_handshake(conn.client.ip()) {
+            route.metrics.refused_rate.inc();
+            return Err(ProxyError::RateLimited);
+        }
+        Ok(key)
+    }
+
     /// Forwards a checked WebSocket handshake and, on a valid 101, answers the client
     /// with it and starts the tunnel.
     #[allow(clippy::too_many_arguments)]
@@ -233,18 +284,25 @@ impl Proxy {
         client_upgrade: hyper::upgrade::OnUpgrade,
         route: &Arc<Route>,
         x: &mut Exchange<'_>,
-        timers: tunnel::Timers,
+        limits: TunnelLimits,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let plan = route
+            .upstream
+            .plan(req.headers(), req.uri().query(), x.conn.client.ip());
         let (mut parts, body) = req.into_parts();
         rewrite_request(&mut parts, x.conn, host, Upgrade::WebSocket);
         let req = Request::from_parts(parts, RequestBody::new(body, None));
-        let (mut resp, server) = match route.upstream.send_upgrade(req).await {
+        let (mut resp, load) = match route.upstream.send_upgrade(req, &plan).await {
             Ok(r) => r,
             Err(error) => {
+                if matches!(error, ProxyError::UpstreamFull) {
+                    route.metrics.refused_full.inc();
+                }
                 route.metrics.handshake(HandshakeOutcome::UpstreamError);
                 return Err(error);
             }
         };
+        let server = load.server().clone();
         x.server = Some(server.clone());
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // The upstream refused: its answer goes back as an ordinary response, the
@@ -278,8 +336,8 @@ impl Proxy {
         let tunnel = Tunnel {
             route: route.clone(),
             conn: x.conn.clone(),
-            server,
-            timers,
+            load,
+            limits,
             shutdown: self.shutdown.clone(),
             access: x.entry(StatusCode::SWITCHING_PROTOCOLS),
         };
@@ -296,13 +354,23 @@ impl Proxy {
     }
 }
 
+/// What ends a tunnel besides its peers.
+#[derive(Clone, Copy)]
+struct TunnelLimits {
+    timers: tunnel::Timers,
+    lifetime: Option<Duration>,
+    /// The period over which tunnels of a removed server are closed.
+    drain: Duration,
+}
+
 /// A tunnel about to run, with everything it reports to.
 struct Tunnel {
     route: Arc<Route>,
-    /// Kept for the tunnel's life: it holds the connection's place under the limit.
+    /// Kept for the tunnel's life: it holds the connection's place under the limits.
     conn: Arc<ConnInfo>,
-    server: Arc<Server>,
-    timers: tunnel::Timers,
+    /// The upstream server's load, held for the tunnel's life.
+    load: LoadGuard,
+    limits: TunnelLimits,
     shutdown: Shutdown,
     access: Option<Box<access::Entry>>,
 }
@@ -317,23 +385,58 @@ impl Tunnel {
             client_to_upstream: metrics.client_to_upstream.clone(),
             upstream_to_client: metrics.upstream_to_client.clone(),
         };
+        let server = self.load.server();
+        let stop = async {
+            tokio::select! {
+                () = self.shutdown.stopped() => tunnel::End::Drain,
+                () = retired(server, self.limits.drain) => tunnel::End::ServerRemoved,
+                () = lifetime(self.limits.lifetime) => tunnel::End::MaxLifetime,
+            }
+        };
         let report = tunnel::run(
             TokioIo::new(client),
             TokioIo::new(upstream),
-            self.timers,
+            self.limits.timers,
             counters,
-            self.shutdown.stopped(),
+            stop,
         )
         .await;
-        let duration = started.elapsed();
-        metrics.tunnel_duration.observe(duration.as_secs_f64());
-        metrics.tunnels_active.dec();
         tracing::debug!(
-            client = %self.conn.client, route = %self.route.name, server = %self.server.name,
+            client = %self.conn.client, route = %self.route.name, server = %server.name,
             end = report.end.as_str(), "tunnel closed"
         );
-        if let Some(entry) = self.access {
+        let Tunnel {
+            route,
+            load,
+            access,
+            ..
+        } = self;
+        // The server's load first, so that whoever sees the gauge fall also sees the
+        // server's count fall (least-connections reads it).
+        drop(load);
+        route
+            .metrics
+            .tunnel_duration
+            .observe(started.elapsed().as_secs_f64());
+        route.metrics.tunnels_active.dec();
+        if let Some(entry) = access {
             entry.finish_tunnel(&report);
         }
+    }
+}
+
+/// Resolves some time after `server` is retired: a random moment within `spread`, so
+/// that a removed server's clients do not all reconnect at once.
+async fn retired(server: &Server, spread: Duration) {
+    server.retired().await;
+    let delay = spread.mul_f64(fastrand::f64());
+    tokio::time::sleep(delay).await;
+}
+
+/// Resolves after `lifetime`, or never.
+async fn lifetime(lifetime: Option<Duration>) {
+    match lifetime {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }

@@ -1,5 +1,5 @@
-//! Listeners: bind, enforce the connection limit, accept with back-off, and hand
-//! each connection to its own task.
+//! Listeners: bind, admit each connection under the limits, accept with back-off, and
+//! hand each connection to its own task.
 
 use std::io;
 use std::net::SocketAddr;
@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
 
+use crate::config::Tcp;
 use crate::conn::{self, ConnGuard, ListenerCtx};
+use crate::limits::{ClientLimits, Refusal};
 use crate::proxy::Proxy;
 use crate::shutdown::Shutdown;
 
@@ -18,84 +21,134 @@ use crate::shutdown::Shutdown;
 /// storm after an upstream restart, where a few thousand clients come back at once.
 const BACKLOG: u32 = 4096;
 
-/// Binds a listening socket.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Binds a listening socket. With `reuse_port`, another process (a new sluice during
+/// a binary upgrade) can bind the same address and share the incoming connections.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     // A restarted sluice must be able to bind while old connections sit in TIME_WAIT.
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }
 
-/// Accepts connections until draining begins. `limit` holds one permit per
-/// connection allowed at once; with none left, a new connection is answered 503 and
-/// closed rather than left waiting.
-pub async fn accept_loop(
-    listener: TcpListener,
-    ctx: Arc<ListenerCtx>,
-    proxy: Arc<Proxy>,
-    shutdown: Shutdown,
-    limit: Arc<Semaphore>,
-) {
-    let mut backoff = Duration::ZERO;
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            () = shutdown.draining() => break,
-        };
-        let (stream, client) = match accepted {
-            Ok(pair) => {
-                backoff = Duration::ZERO;
-                pair
-            }
-            Err(e) if is_resource_exhaustion(&e) => {
-                // Out of file descriptors or memory: accepting again at once would
-                // spin. Back off (up to a second) so closing connections free some.
-                backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
-                warn_limited(
-                    &ACCEPT_WARNED,
-                    || tracing::warn!(listener = %ctx.name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off"),
-                );
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => continue,
-                    () = shutdown.draining() => break,
+/// Keepalive probes and the user timeout notice a peer that vanished without a FIN
+/// or RST (a dead host, a NAT that forgot the flow), which no read would ever report.
+pub fn set_tcp_options(stream: &TcpStream, tcp: &Tcp) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let sock = socket2::SockRef::from(stream);
+    if let Some(idle) = tcp.keepalive {
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(tcp.keepalive_interval)
+            .with_retries(tcp.keepalive_probes);
+        sock.set_tcp_keepalive(&ka)?;
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(t) = tcp.user_timeout {
+        sock.set_tcp_user_timeout(Some(t))?;
+    }
+    Ok(())
+}
+
+/// What one accept loop needs; `ctx` is swapped by reloads.
+pub struct Listener {
+    pub ctx: Arc<ArcSwap<ListenerCtx>>,
+    pub proxy: Arc<Proxy>,
+    pub limits: Arc<ClientLimits>,
+    pub shutdown: Shutdown,
+    /// Ends this listener alone (a reload removed or moved it).
+    pub stop: CancellationToken,
+}
+
+impl Listener {
+    /// Accepts connections until draining begins or the listener is stopped.
+    pub async fn accept_loop(self, listener: TcpListener) {
+        let mut backoff = Duration::ZERO;
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                () = self.shutdown.draining() => break,
+                () = self.stop.cancelled() => break,
+            };
+            let (stream, client) = match accepted {
+                Ok(pair) => {
+                    backoff = Duration::ZERO;
+                    pair
                 }
-            }
-            Err(e) => {
-                // A connection reset before it was accepted, and the like.
-                tracing::debug!(listener = %ctx.name, error = %e, "accept failed");
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            ctx.metrics.refused_max_connections.inc();
-            warn_limited(
-                &LIMIT_WARNED,
-                || tracing::warn!(listener = %ctx.name, %client, "max_connections reached: refusing connections"),
-            );
-            // Best effort and never blocking: the socket's send buffer is empty.
-            let _ = stream.try_write(
-                b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n",
-            );
-            continue;
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(%client, error = %e, "set_nodelay failed");
+                Err(e) if is_resource_exhaustion(&e) => {
+                    // Out of file descriptors or memory: accepting again at once would
+                    // spin. Back off (up to a second) so closing connections free some.
+                    backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                    let name = self.ctx.load().name.clone();
+                    warn_limited(
+                        &ACCEPT_WARNED,
+                        || tracing::warn!(listener = %name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off"),
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => continue,
+                        () = self.shutdown.draining() => break,
+                        () = self.stop.cancelled() => break,
+                    }
+                }
+                Err(e) => {
+                    // A connection reset before it was accepted, and the like.
+                    tracing::debug!(error = %e, "accept failed");
+                    continue;
+                }
+            };
+            self.admit(stream, client);
         }
-        let guard = ConnGuard::new(permit, &ctx.metrics);
-        shutdown.spawn(conn::handle(
+        tracing::debug!(listener = %self.ctx.load().name, "listener closed");
+    }
+
+    fn admit(&self, stream: TcpStream, client: SocketAddr) {
+        let ctx = self.ctx.load_full();
+        let admission = match self.limits.admit(client.ip(), ctx.limit.as_ref()) {
+            Ok(a) => a,
+            Err(refusal) => return refuse(&ctx, stream, client, refusal),
+        };
+        if let Err(e) = set_tcp_options(&stream, &ctx.tcp) {
+            tracing::debug!(%client, error = %e, "setting TCP options failed");
+        }
+        let guard = ConnGuard::new(admission, &ctx.metrics);
+        self.shutdown.spawn(conn::handle(
             stream,
             client,
-            ctx.clone(),
-            proxy.clone(),
-            shutdown.clone(),
+            ctx,
+            self.proxy.clone(),
+            self.shutdown.clone(),
             guard,
         ));
     }
-    tracing::debug!(listener = %ctx.name, "listener closed");
+}
+
+/// Closes a connection a limit refused, telling a plain-HTTP client why.
+fn refuse(ctx: &ListenerCtx, stream: TcpStream, client: SocketAddr, refusal: Refusal) {
+    ctx.metrics.refused(refusal).inc();
+    warn_limited(
+        &LIMIT_WARNED[refusal as usize],
+        || tracing::warn!(listener = %ctx.name, %client, limit = refusal.as_str(), "limit reached: refusing connections"),
+    );
+    if ctx.tls.is_some() {
+        // A TLS client could not read a plain answer.
+        return;
+    }
+    let answer: &[u8] = match refusal {
+        Refusal::MaxConnectionsPerIp => {
+            b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain\r\ncontent-length: 36\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many connections from this client\n"
+        }
+        Refusal::MaxConnections | Refusal::ListenerMaxConnections => {
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 21\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many connections\n"
+        }
+    };
+    // Best effort and never blocking: the socket's send buffer is empty.
+    let _ = stream.try_write(answer);
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {
@@ -106,7 +159,7 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 }
 
 static ACCEPT_WARNED: AtomicU64 = AtomicU64::new(0);
-static LIMIT_WARNED: AtomicU64 = AtomicU64::new(0);
+static LIMIT_WARNED: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 
 /// Runs `log` at most once a second per `last`, so a flood of refused connections
 /// cannot itself flood the log.

@@ -7,7 +7,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
-use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -253,29 +252,23 @@ pub fn server_config(tls: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-/// A listener's TLS, swappable while connections run: a handshake uses the
-/// configuration current when it starts, and keeps it.
+/// A listener's TLS. A reload builds a new one (reading the files again) and swaps
+/// the listener's context: a handshake uses the configuration current when it starts,
+/// and keeps it.
 pub struct ServerTls {
-    config: ArcSwap<ServerConfig>,
+    config: Arc<ServerConfig>,
 }
 
 impl ServerTls {
     pub fn new(tls: &ListenerTls) -> Result<ServerTls, TlsError> {
         Ok(ServerTls {
-            config: ArcSwap::new(server_config(tls)?),
+            config: server_config(tls)?,
         })
     }
 
-    /// An acceptor on the current configuration.
+    /// An acceptor on this configuration.
     pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.config.load_full())
-    }
-
-    /// Re-reads the files; on any error the current configuration stays.
-    pub fn reload(&self, tls: &ListenerTls) -> Result<(), TlsError> {
-        let fresh = server_config(tls)?;
-        self.config.store(fresh);
-        Ok(())
+        TlsAcceptor::from(self.config.clone())
     }
 }
 

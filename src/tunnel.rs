@@ -43,6 +43,10 @@ pub enum End {
     Idle,
     /// Shutdown's drain period ran out.
     Drain,
+    /// The tunnel reached `max_tunnel_lifetime`.
+    MaxLifetime,
+    /// A reload removed the tunnel's upstream server; its tunnels drained.
+    ServerRemoved,
     /// A read or write failed on the client's side.
     ClientError,
     /// A read or write failed on the upstream's side.
@@ -57,6 +61,8 @@ impl End {
             End::UpstreamClosed => "upstream_closed",
             End::Idle => "idle_timeout",
             End::Drain => "drain",
+            End::MaxLifetime => "max_lifetime",
+            End::ServerRemoved => "server_removed",
             End::ClientError => "client_error",
             End::UpstreamError => "upstream_error",
         }
@@ -86,14 +92,14 @@ pub struct Counters {
     pub upstream_to_client: IntCounter,
 }
 
-/// Splices `client` and `upstream` until the tunnel ends (see the module docs).
-/// `stop` resolving ends it with [`End::Drain`].
+/// Splices `client` and `upstream` until the tunnel ends (see the module docs), or
+/// until `stop` resolves, with the reason it gives.
 pub async fn run<C, U>(
     client: C,
     upstream: U,
     timers: Timers,
     counters: Counters,
-    stop: impl Future<Output = ()>,
+    stop: impl Future<Output = End>,
 ) -> Report
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -113,7 +119,7 @@ where
     };
     let end = tokio::select! {
         end = &mut splice => end,
-        () = stop => End::Drain,
+        end = stop => end,
     };
     Report {
         end,
@@ -368,7 +374,13 @@ mod tests {
         let (upstream, mut upstream_peer) = duplex(1024);
         let c = counters();
         let up_counter = c.client_to_upstream.clone();
-        let task = tokio::spawn(run(client, upstream, timers(60), c, std::future::pending()));
+        let task = tokio::spawn(run(
+            client,
+            upstream,
+            timers(60),
+            c,
+            std::future::pending::<End>(),
+        ));
 
         client_peer.write_all(b"hello").await.unwrap();
         let mut buf = [0u8; 5];
@@ -402,7 +414,7 @@ mod tests {
             upstream,
             timers(60),
             counters(),
-            std::future::pending(),
+            std::future::pending::<End>(),
         ));
         let chunk = vec![7u8; 16 * 1024];
         let mut sent = 0usize;
@@ -427,7 +439,7 @@ mod tests {
             upstream,
             timers(5),
             counters(),
-            std::future::pending(),
+            std::future::pending::<End>(),
         )
         .await;
         assert_eq!(report.end, End::Idle);
@@ -446,7 +458,7 @@ mod tests {
                 half_closed: Duration::from_secs(5),
             },
             counters(),
-            std::future::pending(),
+            std::future::pending::<End>(),
         ));
         client_peer.shutdown().await.unwrap();
         let report = run.await.unwrap();
@@ -463,7 +475,7 @@ mod tests {
             upstream,
             timers(60),
             counters(),
-            std::future::ready(()),
+            std::future::ready(End::Drain),
         )
         .await;
         assert_eq!(report.end, End::Drain);

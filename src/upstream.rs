@@ -1,151 +1,199 @@
-//! Upstreams: choosing a server, connecting under a timeout with fail-over, and a pool
-//! of idle keep-alive connections per server.
+//! Upstreams: choosing a server (balancing, health, per-server caps), connecting
+//! under a timeout with fail-over, and a pool of idle keep-alive connections per
+//! server.
 //!
 //! The pool is sluice's own rather than hyper-util's legacy client because the server
 //! must be chosen before the connection, with fail-over on connect errors while the
 //! request is still unsent, and WebSocket handshakes need a fresh connection they
 //! can own outright.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+mod connect;
+mod maintenance;
+mod server;
+
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod connect;
-
-pub use connect::Stream;
-
-use crate::body::RequestBody;
-use crate::config::{ServerAddr, Timeouts, UpstreamTls};
-use crate::error::ProxyError;
-use crate::metrics::UpstreamMetrics;
-use http::header::{HOST, HeaderValue};
+use http::header::{HOST, HeaderMap};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio_util::sync::CancellationToken;
 
-/// How long an idle pooled connection is kept. Shorter than the keep-alive timeout of
-/// common backends (Node.js closes at 5 s, nginx at 75 s, Go never) would be safest
-/// against the close-while-sending race, but the race is also handled: a request that
-/// was not yet written when the connection closed is sent again on a new one.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub use connect::Stream;
+pub use server::{LoadGuard, Server};
 
-/// A named group of servers, tried in round-robin order.
+use crate::balance::{Balancer, HashKey, Policy};
+use crate::body::RequestBody;
+use crate::config::{Balance, HealthCheck, Tcp, Timeouts, UpstreamSettings, UpstreamTls};
+use crate::error::ProxyError;
+use crate::metrics::UpstreamMetrics;
+
+/// A named group of servers.
 pub struct Upstream {
-    pub name: String,
+    pub name: Arc<str>,
     servers: Box<[Arc<Server>]>,
-    next: AtomicUsize,
+    balancer: Balancer,
+    hash_key: Option<HashKey>,
     timeouts: Timeouts,
     connector: connect::Connector,
     metrics: UpstreamMetrics,
-}
-
-/// One upstream server and its idle connections.
-pub struct Server {
-    /// As written in the configuration.
-    pub name: Arc<str>,
-    pub addr: SocketAddr,
-    /// The Host header for requests that came without one (HTTP/1.0).
-    host: HeaderValue,
-    idle: Mutex<VecDeque<Idle>>,
-    keepalive: usize,
-}
-
-struct Idle {
-    sender: SendRequest<RequestBody>,
-    since: Instant,
-}
-
-/// A pooled connection on loan to one response, returned by [`Checkin::give_back`].
-pub struct Checkin {
-    sender: SendRequest<RequestBody>,
-    server: Arc<Server>,
-}
-
-impl Checkin {
-    /// Puts the connection back in the pool, if it is still open.
-    pub fn give_back(self) {
-        self.server.put_idle(self.sender);
-    }
+    max_per_server: Option<usize>,
+    max_fails: u32,
+    fail_timeout: Duration,
+    health_check: Option<HealthCheck>,
+    resolve_interval: Duration,
+    tls: Option<UpstreamTls>,
+    /// Stops this upstream's health checks and re-resolution once it is replaced.
+    maintenance: CancellationToken,
 }
 
 /// An upstream's answer to an ordinary request.
 pub struct Answer {
     pub response: Response<Incoming>,
-    pub server: Arc<Server>,
-    /// Returns the connection to the pool once the body has been read.
+    /// Returns the connection to the pool once the body has been read; holds the
+    /// server's load until then.
     pub checkin: Checkin,
 }
 
+/// A pooled connection on loan to one response, returned by [`Checkin::give_back`].
+pub struct Checkin {
+    sender: SendRequest<RequestBody>,
+    load: LoadGuard,
+}
+
+impl Checkin {
+    /// The server the response comes from.
+    pub fn server(&self) -> &Arc<Server> {
+        self.load.server()
+    }
+
+    /// Puts the connection back in the pool, if it is still open.
+    pub fn give_back(self) {
+        self.load.server().put_idle(self.sender);
+    }
+}
+
 impl Upstream {
-    /// Fails only when the upstream's TLS files cannot be loaded.
+    /// `servers` are this upstream's servers in configuration order, new or carried
+    /// over from the previous configuration. Fails only when the upstream's TLS files
+    /// cannot be loaded.
     pub fn new(
-        name: String,
-        servers: &[ServerAddr],
-        keepalive: usize,
+        settings: &UpstreamSettings,
+        servers: Vec<Arc<Server>>,
         timeouts: Timeouts,
-        tls: Option<&UpstreamTls>,
+        tcp: Tcp,
         metrics: UpstreamMetrics,
     ) -> Result<Upstream, crate::tls::TlsError> {
+        let identities: Vec<(&[u8], u32)> = servers
+            .iter()
+            .map(|s| (s.name.as_bytes(), s.weight()))
+            .collect();
+        let (policy, hash_key) = match &settings.balance {
+            Balance::RoundRobin => (Policy::RoundRobin, None),
+            Balance::LeastConnections => (Policy::LeastConnections, None),
+            Balance::RandomTwo => (Policy::RandomTwo, None),
+            Balance::Hash(key) => (Policy::Hash, Some(key.clone())),
+        };
         Ok(Upstream {
-            connector: connect::Connector::new(timeouts.connect, tls)?,
-            name,
-            servers: servers
-                .iter()
-                .map(|s| {
-                    Arc::new(Server {
-                        name: s.name.as_str().into(),
-                        addr: s.addr,
-                        host: HeaderValue::from_str(&s.name)
-                            .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-                        idle: Mutex::new(VecDeque::new()),
-                        keepalive,
-                    })
-                })
-                .collect(),
-            next: AtomicUsize::new(0),
+            name: settings.name.as_str().into(),
+            balancer: Balancer::new(policy, &identities),
+            servers: servers.into_boxed_slice(),
+            hash_key,
+            connector: connect::Connector::new(timeouts.connect, tcp, settings.tls.as_ref())?,
             timeouts,
             metrics,
+            max_per_server: settings.max_connections_per_server,
+            max_fails: settings.max_fails,
+            fail_timeout: settings.fail_timeout,
+            health_check: settings.health_check.clone(),
+            resolve_interval: settings.resolve_interval,
+            tls: settings.tls.clone(),
+            maintenance: CancellationToken::new(),
         })
     }
 
-    /// The servers in the order one request tries them: the next in the round, then
-    /// the rest after it.
-    fn order(&self) -> impl Iterator<Item = &Arc<Server>> {
-        let n = self.servers.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(move |i| &self.servers[(start + i) % n])
+    /// How this upstream's connections use TLS, if they do.
+    pub fn tls_settings(&self) -> Option<&UpstreamTls> {
+        self.tls.as_ref()
+    }
+
+    /// This upstream's servers.
+    pub fn servers(&self) -> &[Arc<Server>] {
+        &self.servers
+    }
+
+    /// The order in which one request tries the servers: the balancer's choice
+    /// first, servers that are down last.
+    pub fn plan(&self, headers: &HeaderMap, query: Option<&str>, client: IpAddr) -> Vec<usize> {
+        let mut scratch = [0u8; 16];
+        let key = self
+            .hash_key
+            .as_ref()
+            .and_then(|k| k.extract(headers, query, client, &mut scratch));
+        let mut order = Vec::with_capacity(self.servers.len());
+        self.balancer.order(
+            key,
+            |i| self.servers[i].load(),
+            |i| self.servers[i].is_up(),
+            &mut order,
+        );
+        order
     }
 
     async fn open(&self, server: &Server) -> std::io::Result<Stream> {
         let started = Instant::now();
-        let stream = self
-            .connector
-            .connect(server.addr, connect::host_of(&server.name))
-            .await?;
-        self.metrics
-            .connect_duration
-            .observe(started.elapsed().as_secs_f64());
-        Ok(stream)
+        let mut last = None;
+        for addr in server.addrs() {
+            match self
+                .connector
+                .connect(addr, connect::host_of(&server.name))
+                .await
+            {
+                Ok(stream) => {
+                    self.metrics
+                        .connect_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    server.connect_ok();
+                    return Ok(stream);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        server.connect_failed(self.max_fails, self.fail_timeout);
+        Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address")))
     }
 
-    /// Connects to the first server that answers, in round-robin order.
-    pub async fn connect(&self) -> Result<(Arc<Server>, Stream), ProxyError> {
+    /// Connects to the first server of `plan` that answers and has room.
+    pub async fn connect(&self, plan: &[usize]) -> Result<(LoadGuard, Stream), ProxyError> {
         let mut last = None;
-        for server in self.order() {
+        let mut full = 0;
+        for &i in plan {
+            let server = &self.servers[i];
+            let Some(load) = server.try_load(self.max_per_server) else {
+                full += 1;
+                continue;
+            };
             match self.open(server).await {
-                Ok(stream) => return Ok((server.clone(), stream)),
+                Ok(stream) => return Ok((load, stream)),
                 Err(e) => {
                     tracing::warn!(upstream = %self.name, server = %server.name, error = %e, "upstream connect failed");
                     last = Some(e);
                 }
             }
         }
-        Err(ProxyError::Connect(last.unwrap_or_else(|| {
+        Err(self.no_server(last, full, plan.len()))
+    }
+
+    fn no_server(&self, last: Option<std::io::Error>, full: usize, tried: usize) -> ProxyError {
+        if full > 0 && full == tried {
+            return ProxyError::UpstreamFull;
+        }
+        ProxyError::Connect(last.unwrap_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotFound, "the upstream has no servers")
-        })))
+        }))
     }
 
     /// Sends an ordinary request on a pooled or new connection and waits for the
@@ -153,10 +201,20 @@ impl Upstream {
     ///
     /// A server that cannot be connected is skipped for the next; a request is sent
     /// again only when it provably never left (the pooled connection closed first).
-    pub async fn send(&self, mut req: Request<RequestBody>) -> Result<Answer, ProxyError> {
+    pub async fn send(
+        &self,
+        mut req: Request<RequestBody>,
+        plan: &[usize],
+    ) -> Result<Answer, ProxyError> {
         let mut last = None;
-        for server in self.order() {
-            server.default_host(&mut req);
+        let mut full = 0;
+        for &i in plan {
+            let server = &self.servers[i];
+            let Some(load) = server.try_load(self.max_per_server) else {
+                full += 1;
+                continue;
+            };
+            default_host(server, &mut req);
             loop {
                 let (mut sender, reused) = match server.take_idle() {
                     Some(s) => (s, true),
@@ -184,14 +242,9 @@ impl Upstream {
                 .map_err(|_| ProxyError::ResponseTimeout(self.timeouts.upstream_response))?;
                 match sent {
                     Ok(response) => {
-                        let checkin = Checkin {
-                            sender,
-                            server: server.clone(),
-                        };
                         return Ok(Answer {
                             response,
-                            server: server.clone(),
-                            checkin,
+                            checkin: Checkin { sender, load },
                         });
                     }
                     Err(mut e) => match e.take_message() {
@@ -204,9 +257,7 @@ impl Upstream {
                 }
             }
         }
-        Err(ProxyError::Connect(last.unwrap_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotFound, "the upstream has no servers")
-        })))
+        Err(self.no_server(last, full, plan.len()))
     }
 
     async fn open_pooled(&self, server: &Server) -> std::io::Result<SendRequest<RequestBody>> {
@@ -224,14 +275,16 @@ impl Upstream {
     }
 
     /// Sends a WebSocket handshake on a new connection of its own, and waits for the
-    /// response head. The caller checks the response and takes the upgrade.
+    /// response head. The caller checks the response and takes the upgrade; the guard
+    /// counts the connection against the server until the tunnel ends.
     pub async fn send_upgrade(
         &self,
-        req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Arc<Server>), ProxyError> {
-        let mut req = req;
-        let (server, stream) = self.connect().await?;
-        server.default_host(&mut req);
+        mut req: Request<RequestBody>,
+        plan: &[usize],
+    ) -> Result<(Response<Incoming>, LoadGuard), ProxyError> {
+        let (load, stream) = self.connect(plan).await?;
+        let server = load.server().clone();
+        default_host(&server, &mut req);
         let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(ProxyError::Upstream)?;
@@ -247,45 +300,24 @@ impl Upstream {
                 .await
                 .map_err(|_| ProxyError::ResponseTimeout(self.timeouts.upstream_response))?
                 .map_err(ProxyError::Upstream)?;
-        Ok((response, server))
+        Ok((response, load))
+    }
+
+    /// Starts the background work this upstream needs: active health checks,
+    /// re-resolving host names, and keeping the up gauges current.
+    pub fn start_maintenance(self: &Arc<Self>) {
+        maintenance::spawn(self.clone());
+    }
+
+    /// Stops the background work (the upstream was replaced by a reload).
+    pub fn stop_maintenance(&self) {
+        self.maintenance.cancel();
     }
 }
 
-impl Server {
-    /// HTTP/1.1 requires a Host header; a client's HTTP/1.0 request may have none.
-    fn default_host<B>(&self, req: &mut Request<B>) {
-        if !req.headers().contains_key(HOST) {
-            req.headers_mut().insert(HOST, self.host.clone());
-        }
-    }
-
-    fn take_idle(&self) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // Newest first: the most recently used connection is the least likely to have
-        // been closed by the server.
-        while let Some(c) = idle.pop_back() {
-            if !c.sender.is_closed() && c.since.elapsed() < POOL_IDLE_TIMEOUT {
-                return Some(c.sender);
-            }
-        }
-        None
-    }
-
-    fn put_idle(&self, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() || self.keepalive == 0 {
-            return;
-        }
-        let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while idle
-            .front()
-            .is_some_and(|c| c.sender.is_closed() || now - c.since >= POOL_IDLE_TIMEOUT)
-        {
-            idle.pop_front();
-        }
-        if idle.len() >= self.keepalive {
-            idle.pop_front();
-        }
-        idle.push_back(Idle { sender, since: now });
+/// HTTP/1.1 requires a Host header; a client's HTTP/1.0 request may have none.
+fn default_host<B>(server: &Server, req: &mut Request<B>) {
+    if !req.headers().contains_key(HOST) {
+        req.headers_mut().insert(HOST, server.host.clone());
     }
 }

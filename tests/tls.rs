@@ -530,7 +530,7 @@ async fn certificates_reload_on_sighup_without_cutting_tunnels() {
 
     install(&second);
     sluice.signal("HUP");
-    sluice.wait_log("certificates reloaded");
+    sluice.wait_log("configuration reloaded");
     let s = tls_connect(sluice.http, "localhost", ca.client_default())
         .await
         .unwrap();

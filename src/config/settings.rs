@@ -14,11 +14,14 @@ pub struct Settings {
     pub log: LogSettings,
     /// Worker threads for the runtime; `None` means one per core.
     pub workers: Option<usize>,
+    pub tcp: Tcp,
     pub listeners: Vec<ListenerSettings>,
     pub routes: Vec<RouteSettings>,
     pub upstreams: Vec<UpstreamSettings>,
     /// The file these settings came from.
     pub source: PathBuf,
+    /// A hash of the file's bytes, to tell configurations apart in metrics.
+    pub hash: String,
 }
 
 /// Time limits; every one has a default (see [`Timeouts::default`]).
@@ -60,12 +63,45 @@ impl Default for Timeouts {
 }
 
 /// Resource limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// Client connections open at once, tunnels included, for the whole process.
     pub max_connections: usize,
     /// The largest request head (request line and headers) accepted; larger gets 431.
     pub max_request_header_bytes: usize,
+    /// Connections at once from one client (IPv4 address or IPv6 /64); beyond, 429.
+    pub max_connections_per_ip: Option<usize>,
+    /// WebSocket handshakes per second from one client, as a token bucket; beyond, 429.
+    pub handshakes_per_second_per_ip: Option<f64>,
+    /// The bucket's size: how many handshakes a client may make at once.
+    pub handshake_burst_per_ip: f64,
+    /// Tunnels are closed after this long, however busy.
+    pub max_tunnel_lifetime: Option<Duration>,
+}
+
+/// TCP settings for both legs of every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tcp {
+    /// Idle time before keepalive probes start; `None` turns keepalive off.
+    pub keepalive: Option<Duration>,
+    pub keepalive_interval: Duration,
+    pub keepalive_probes: u32,
+    /// Linux TCP_USER_TIMEOUT: a connection whose sent data stays unacknowledged this
+    /// long is closed.
+    pub user_timeout: Option<Duration>,
+}
+
+impl Default for Tcp {
+    fn default() -> Self {
+        // A peer that vanished without a FIN or RST is noticed within about
+        // 60 + 3 x 10 = 90 s when idle, and within 30 s when data is waiting for it.
+        Tcp {
+            keepalive: Some(Duration::from_secs(60)),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_probes: 3,
+            user_timeout: Some(Duration::from_secs(30)),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -73,6 +109,10 @@ impl Default for Limits {
         Limits {
             max_connections: 100_000,
             max_request_header_bytes: 16 * 1024,
+            max_connections_per_ip: None,
+            handshakes_per_second_per_ip: None,
+            handshake_burst_per_ip: 0.0,
+            max_tunnel_lifetime: None,
         }
     }
 }
@@ -104,6 +144,10 @@ pub struct ListenerSettings {
     pub tls: Option<ListenerTls>,
     /// Answer every request with a 308 to `https://` on this port instead of proxying.
     pub redirect_https: Option<u16>,
+    /// Connections at once on this listener, within the global limit.
+    pub max_connections: Option<usize>,
+    /// Bind with SO_REUSEPORT, so a new sluice can bind beside a running one.
+    pub reuse_port: bool,
 }
 
 /// A TLS listener's certificates and policy.
@@ -153,6 +197,10 @@ pub struct RouteSettings {
     pub path: String,
     /// Index into [`Settings::upstreams`].
     pub upstream: usize,
+    /// Matches only WebSocket handshakes offering this subprotocol.
+    pub subprotocol: Option<String>,
+    /// Origins allowed to open WebSockets on this route; empty means any.
+    pub allowed_origins: Vec<String>,
 }
 
 /// One upstream: a named group of servers.
@@ -163,6 +211,41 @@ pub struct UpstreamSettings {
     /// Idle keep-alive connections kept per server for ordinary HTTP requests.
     pub keepalive: usize,
     pub tls: Option<UpstreamTls>,
+    pub balance: Balance,
+    /// Connections at once to one server, tunnels included.
+    pub max_connections_per_server: Option<usize>,
+    /// Consecutive connect failures before a server is ejected; 0 turns it off.
+    pub max_fails: u32,
+    /// How long the first ejection lasts; each repeat doubles it, up to 5 minutes.
+    pub fail_timeout: Duration,
+    pub health_check: Option<HealthCheck>,
+    /// How often servers given by host name are resolved again.
+    pub resolve_interval: Duration,
+}
+
+/// How an upstream chooses a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    /// The server with the fewest open connections (tunnels and requests) per weight.
+    LeastConnections,
+    /// The less loaded of two servers picked at random.
+    RandomTwo,
+    /// Consistent hashing of a request key: the same key, the same server.
+    Hash(crate::balance::HashKey),
+}
+
+/// An active health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// `Some(path)`: GET it and expect 2xx or 3xx; `None`: a TCP (and TLS) connect.
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures that mark a server down.
+    pub fails: u32,
+    /// Consecutive passes that mark it up again.
+    pub passes: u32,
 }
 
 /// Where an upstream's servers are.
@@ -174,12 +257,16 @@ pub enum Servers {
     Builtin(Builtin),
 }
 
-/// One upstream server address.
+/// One upstream server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerAddr {
-    /// As written in the configuration; the label in logs.
+    /// As written in the configuration (`host:port`); the label in logs and metrics.
     pub name: String,
-    pub addr: SocketAddr,
+    /// What the name resolved to at load; re-resolved later when it is a host name.
+    pub addrs: Vec<SocketAddr>,
+    /// Whether `name` is a host name (resolved) rather than an IP address.
+    pub resolve: bool,
+    pub weight: u32,
 }
 
 /// The servers sluice can run itself.

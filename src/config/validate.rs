@@ -1,7 +1,10 @@
 //! File structs -> [`Settings`], reporting every problem found, not just the first.
 
+mod tls;
+mod upstreams;
+
 use std::collections::{HashMap, HashSet};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,6 +35,7 @@ pub(super) fn settings(file: File, text: &str, base: &Path) -> Result<Settings, 
         .workers
         .as_ref()
         .and_then(|w| v.int_in(w, "runtime.workers", 1, 1024));
+    let tcp = v.tcp(&file.tcp);
     let upstreams = v.upstreams(&file.upstreams);
     let listeners = v.listeners(&file.listeners, admin);
     let routes = v.routes(&file.routes, &file.upstreams);
@@ -46,10 +50,12 @@ pub(super) fn settings(file: File, text: &str, base: &Path) -> Result<Settings, 
             limits,
             log,
             workers,
+            tcp,
             listeners,
             routes,
             upstreams,
             source: PathBuf::new(),
+            hash: String::new(),
         })
     } else {
         Err(v.problems)
@@ -93,11 +99,19 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(&mut self, s: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+    /// A duration such as "5s"; `zero_ok` says whether "0s" is meaningful (it turns
+    /// something off, or means "at once").
+    fn duration(
+        &mut self,
+        s: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+        zero_ok: bool,
+    ) -> Duration {
         let Some(s) = s else { return default };
         match humantime::parse_duration(s.get_ref()) {
-            Ok(d) if d.is_zero() && key != "drain" => {
-                self.error(s.span(), format!("timeouts.{key} must be longer than zero"));
+            Ok(d) if d.is_zero() && !zero_ok => {
+                self.error(s.span(), format!("{key} must be longer than zero"));
                 default
             }
             Ok(d) => d,
@@ -105,13 +119,26 @@ impl Validator<'_> {
                 self.error(
                     s.span(),
                     format!(
-                        "timeouts.{key} = \"{}\" is not a duration ({e}); write it like \"5s\", \"500ms\" or \"2m\"",
+                        "{key} = \"{}\" is not a duration ({e}); write it like \"5s\", \"500ms\" or \"2m\"",
                         s.get_ref()
                     ),
                 );
                 default
             }
         }
+    }
+
+    /// An optional duration where "0s" means off.
+    fn duration_or_off(
+        &mut self,
+        s: &Option<Spanned<String>>,
+        key: &str,
+        default: Option<Duration>,
+    ) -> Option<Duration> {
+        if s.is_none() {
+            return default;
+        }
+        Some(self.duration(s, key, Duration::ZERO, true)).filter(|d| !d.is_zero())
     }
 
     fn int_in(&mut self, n: &Spanned<i64>, key: &str, min: i64, max: i64) -> Option<usize> {
@@ -130,17 +157,52 @@ impl Validator<'_> {
     fn timeouts(&mut self, t: &TimeoutsFile) -> Timeouts {
         let d = Timeouts::default();
         Timeouts {
-            connect: self.duration(&t.connect, "connect", d.connect),
+            connect: self.duration(&t.connect, "timeouts.connect", d.connect, false),
             upstream_response: self.duration(
                 &t.upstream_response,
-                "upstream_response",
+                "timeouts.upstream_response",
                 d.upstream_response,
+                false,
             ),
-            request_header: self.duration(&t.request_header, "request_header", d.request_header),
-            idle: self.duration(&t.idle, "idle", d.idle),
-            half_closed: self.duration(&t.half_closed, "half_closed", d.half_closed),
-            drain: self.duration(&t.drain, "drain", d.drain),
-            tls_handshake: self.duration(&t.tls_handshake, "tls_handshake", d.tls_handshake),
+            request_header: self.duration(
+                &t.request_header,
+                "timeouts.request_header",
+                d.request_header,
+                false,
+            ),
+            idle: self.duration(&t.idle, "timeouts.idle", d.idle, false),
+            half_closed: self.duration(
+                &t.half_closed,
+                "timeouts.half_closed",
+                d.half_closed,
+                false,
+            ),
+            drain: self.duration(&t.drain, "timeouts.drain", d.drain, true),
+            tls_handshake: self.duration(
+                &t.tls_handshake,
+                "timeouts.tls_handshake",
+                d.tls_handshake,
+                false,
+            ),
+        }
+    }
+
+    fn tcp(&mut self, t: &TcpFile) -> Tcp {
+        let d = Tcp::default();
+        Tcp {
+            keepalive: self.duration_or_off(&t.keepalive, "tcp.keepalive", d.keepalive),
+            keepalive_interval: self.duration(
+                &t.keepalive_interval,
+                "tcp.keepalive_interval",
+                d.keepalive_interval,
+                false,
+            ),
+            keepalive_probes: t
+                .keepalive_probes
+                .as_ref()
+                .and_then(|n| self.int_in(n, "tcp.keepalive_probes", 1, 100))
+                .map_or(d.keepalive_probes, |n| n as u32),
+            user_timeout: self.duration_or_off(&t.user_timeout, "tcp.user_timeout", d.user_timeout),
         }
     }
 
@@ -158,6 +220,41 @@ impl Validator<'_> {
                 .as_ref()
                 .and_then(|n| self.int_in(n, "limits.max_request_header_bytes", 1024, 1024 * 1024))
                 .unwrap_or(d.max_request_header_bytes),
+            max_connections_per_ip: l
+                .max_connections_per_ip
+                .as_ref()
+                .and_then(|n| self.int_in(n, "limits.max_connections_per_ip", 1, 10_000_000)),
+            handshakes_per_second_per_ip: l
+                .handshakes_per_second_per_ip
+                .as_ref()
+                .and_then(|r| self.rate(r, "limits.handshakes_per_second_per_ip")),
+            handshake_burst_per_ip: l
+                .handshake_burst_per_ip
+                .as_ref()
+                .and_then(|r| self.rate(r, "limits.handshake_burst_per_ip"))
+                .or(l
+                    .handshakes_per_second_per_ip
+                    .as_ref()
+                    .map(|r| r.get_ref().max(1.0)))
+                .unwrap_or(0.0),
+            max_tunnel_lifetime: self.duration_or_off(
+                &l.max_tunnel_lifetime,
+                "limits.max_tunnel_lifetime",
+                None,
+            ),
+        }
+    }
+
+    fn rate(&mut self, r: &Spanned<f64>, key: &str) -> Option<f64> {
+        let value = *r.get_ref();
+        if value.is_finite() && value > 0.0 && value <= 1e6 {
+            Some(value)
+        } else {
+            self.error(
+                r.span(),
+                format!("{key} = {value} must be above 0 and at most 1000000"),
+            );
+            None
         }
     }
 
@@ -254,133 +351,20 @@ impl Validator<'_> {
                 }
                 _ => None,
             };
+            let max_connections = l
+                .max_connections
+                .as_ref()
+                .and_then(|n| self.int_in(n, "max_connections", 1, 10_000_000));
             out.push(ListenerSettings {
                 name,
                 listen,
                 tls,
                 redirect_https,
+                max_connections,
+                reuse_port: l.reuse_port.unwrap_or(false),
             });
         }
         out
-    }
-
-    fn upstreams(
-        &mut self,
-        upstreams: &std::collections::BTreeMap<Spanned<String>, Spanned<UpstreamFile>>,
-    ) -> Vec<UpstreamSettings> {
-        let mut out = Vec::new();
-        for (name, u) in upstreams {
-            let span = name.span();
-            let name = name.get_ref().clone();
-            let u = u.get_ref();
-            let servers = match (&u.servers, &u.builtin) {
-                (Some(_), Some(b)) => {
-                    self.error(
-                        b.span(),
-                        format!("upstream \"{name}\" has both `servers` and `builtin`: keep one"),
-                    );
-                    None
-                }
-                (None, None) => {
-                    self.error(
-                        span,
-                        format!(
-                            "upstream \"{name}\" has no `servers`: list at least one, such as servers = [\"127.0.0.1:9001\"]"
-                        ),
-                    );
-                    None
-                }
-                (None, Some(b)) => match b.get_ref().as_str() {
-                    "echo" => Some(Servers::Builtin(Builtin::Echo)),
-                    other => {
-                        self.error(
-                            b.span(),
-                            format!(
-                                "upstream \"{name}\": builtin = \"{other}\" is not known: the built-in upstream is \"echo\""
-                            ),
-                        );
-                        None
-                    }
-                },
-                (Some(list), None) => {
-                    if list.get_ref().is_empty() {
-                        self.error(
-                            list.span(),
-                            format!(
-                                "upstream \"{name}\" has an empty server list: list at least one server"
-                            ),
-                        );
-                        None
-                    } else {
-                        let addrs: Vec<ServerAddr> = list
-                            .get_ref()
-                            .iter()
-                            .filter_map(|s| self.server(&name, s))
-                            .collect();
-                        Some(Servers::Addresses(addrs))
-                    }
-                }
-            };
-            let keepalive = u
-                .keepalive
-                .as_ref()
-                .and_then(|k| self.int_in(k, "keepalive", 0, 100_000))
-                .unwrap_or(32);
-            let tls = self.upstream_tls(&name, u, matches!(servers, Some(Servers::Builtin(_))));
-            if let Some(servers) = servers {
-                out.push(UpstreamSettings {
-                    name,
-                    servers,
-                    keepalive,
-                    tls,
-                });
-            }
-        }
-        out
-    }
-
-    /// One `host:port` server, resolved now: a name that does not resolve at load is
-    /// a configuration error, not a runtime 502.
-    fn server(&mut self, upstream: &str, s: &Spanned<String>) -> Option<ServerAddr> {
-        let text = s.get_ref();
-        if let Ok(addr) = text.parse::<SocketAddr>() {
-            return Some(ServerAddr {
-                name: text.clone(),
-                addr,
-            });
-        }
-        let has_port = text
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-        if !has_port {
-            self.error(
-                s.span(),
-                format!(
-                    "upstream \"{upstream}\": server `{text}` is not host:port, such as \"127.0.0.1:9001\" or \"backend.internal:80\""
-                ),
-            );
-            return None;
-        }
-        match text.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(addr)) => Some(ServerAddr {
-                name: text.clone(),
-                addr,
-            }),
-            Ok(None) => {
-                self.error(
-                    s.span(),
-                    format!("upstream \"{upstream}\": server `{text}` resolves to no address"),
-                );
-                None
-            }
-            Err(e) => {
-                self.error(
-                    s.span(),
-                    format!("upstream \"{upstream}\": server `{text}` does not resolve: {e}"),
-                );
-                None
-            }
-        }
     }
 
     fn routes(
@@ -396,7 +380,7 @@ impl Validator<'_> {
         // Upstreams are validated into a Vec in the map's (sorted) order; a route
         // refers to one by its index there.
         let names: Vec<&str> = upstreams.keys().map(|k| k.get_ref().as_str()).collect();
-        let mut seen: HashMap<(Option<String>, String), usize> = HashMap::new();
+        let mut seen: HashMap<(Option<String>, String, Option<String>), usize> = HashMap::new();
         let mut out = Vec::new();
         for (i, r) in routes.iter().enumerate() {
             let r = r.get_ref();
@@ -441,12 +425,40 @@ impl Validator<'_> {
                 Some(n) => n.get_ref().clone(),
                 None => upstream_name.clone(),
             };
-            if let Some(first) = seen.insert((host.clone(), path.clone()), i + 1) {
+            let subprotocol = match &r.subprotocol {
+                Some(p) if is_token(p.get_ref()) => Some(p.get_ref().clone()),
+                Some(p) => {
+                    self.error(p.span(), format!("route subprotocol \"{}\" is not a token (letters, digits, and !#$%&'*+-.^_`|~)", p.get_ref()));
+                    continue;
+                }
+                None => None,
+            };
+            let allowed_origins = match &r.allowed_origins {
+                Some(list) => {
+                    let patterns: Vec<String> =
+                        list.get_ref().iter().map(|o| o.get_ref().clone()).collect();
+                    for o in list.get_ref() {
+                        if let Err(e) =
+                            crate::origin::OriginPolicy::new(std::slice::from_ref(o.get_ref()))
+                        {
+                            self.error(o.span(), format!("allowed_origins: {e}"));
+                        }
+                    }
+                    if patterns.is_empty() {
+                        self.error(list.span(), "allowed_origins is empty, which would refuse every handshake: list origins, or leave it out to allow any");
+                    }
+                    patterns
+                }
+                None => Vec::new(),
+            };
+            if let Some(first) =
+                seen.insert((host.clone(), path.clone(), subprotocol.clone()), i + 1)
+            {
                 let span = r.path.as_ref().map_or(r.upstream.span(), |p| p.span());
                 self.error(
                     span,
                     format!(
-                        "route {} matches the same host and path as route {first}, so it could never be chosen",
+                        "route {} matches the same host, path and subprotocol as route {first}, so it could never be chosen",
                         i + 1
                     ),
                 );
@@ -457,193 +469,12 @@ impl Validator<'_> {
                     host,
                     path,
                     upstream,
+                    subprotocol,
+                    allowed_origins,
                 });
             }
         }
         out
-    }
-
-    /// A path from the file, relative to the file's directory.
-    fn path(&self, p: &Spanned<String>) -> PathBuf {
-        self.base.join(p.get_ref())
-    }
-
-    /// Reports a TLS file problem at the span of the value that named the file.
-    fn tls_error(&mut self, e: crate::tls::TlsError, spans: &[(&PathBuf, Range<usize>)]) {
-        let span = spans
-            .iter()
-            .find(|(p, _)| **p == e.path)
-            .or(spans.first())
-            .map(|(_, s)| s.clone())
-            .unwrap_or(0..0);
-        self.error(span, e.to_string());
-    }
-
-    fn listener_tls(&mut self, name: &str, t: &Spanned<ListenerTlsFile>) -> Option<ListenerTls> {
-        let span = t.span();
-        let t = t.get_ref();
-        let mut pairs: Vec<(CertPaths, Range<usize>, Range<usize>)> = Vec::new();
-        match (&t.cert, &t.key, &t.certificates) {
-            (Some(cert), Some(key), None) => pairs.push((
-                CertPaths {
-                    cert: self.path(cert),
-                    key: self.path(key),
-                },
-                cert.span(),
-                key.span(),
-            )),
-            (None, None, Some(list)) if !list.get_ref().is_empty() => {
-                for c in list.get_ref() {
-                    pairs.push((
-                        CertPaths {
-                            cert: self.path(&c.cert),
-                            key: self.path(&c.key),
-                        },
-                        c.cert.span(),
-                        c.key.span(),
-                    ));
-                }
-            }
-            (_, _, Some(list)) if t.cert.is_some() || t.key.is_some() => {
-                self.error(
-                    list.span(),
-                    format!("listener \"{name}\": give either `cert` and `key` or `certificates`, not both"),
-                );
-                return None;
-            }
-            _ => {
-                self.error(
-                    span,
-                    format!(
-                        "listener \"{name}\": tls needs `cert` and `key`, or `certificates = [{{ cert = ..., key = ... }}, ...]`"
-                    ),
-                );
-                return None;
-            }
-        }
-        let mut ok = true;
-        for (paths, cert_span, key_span) in &pairs {
-            if let Err(e) = crate::tls::load_cert(paths) {
-                self.tls_error(
-                    e,
-                    &[
-                        (&paths.cert, cert_span.clone()),
-                        (&paths.key, key_span.clone()),
-                    ],
-                );
-                ok = false;
-            }
-        }
-        let min_version = match t
-            .min_version
-            .as_ref()
-            .map(|v| (v.get_ref().as_str(), v.span()))
-        {
-            None | Some(("1.2", _)) => TlsVersion::Tls12,
-            Some(("1.3", _)) => TlsVersion::Tls13,
-            Some((other, span)) => {
-                self.error(
-                    span,
-                    format!("min_version = \"{other}\" is not known: use \"1.2\" or \"1.3\""),
-                );
-                ok = false;
-                TlsVersion::Tls12
-            }
-        };
-        let client_ca = t.client_ca.as_ref().map(|ca| (self.path(ca), ca.span()));
-        if let Some((path, span)) = &client_ca
-            && let Err(e) = crate::tls::load_roots(path)
-        {
-            self.tls_error(e, &[(path, span.clone())]);
-            ok = false;
-        }
-        ok.then(|| ListenerTls {
-            certificates: pairs.into_iter().map(|(p, _, _)| p).collect(),
-            min_version,
-            client_ca: client_ca.map(|(p, _)| p),
-        })
-    }
-
-    fn upstream_tls(&mut self, name: &str, u: &UpstreamFile, builtin: bool) -> Option<UpstreamTls> {
-        let on = u.tls.as_ref().is_some_and(|t| *t.get_ref());
-        if !on {
-            for (key, value) in [
-                ("sni", &u.sni),
-                ("ca", &u.ca),
-                ("client_cert", &u.client_cert),
-                ("client_key", &u.client_key),
-            ] {
-                if let Some(v) = value {
-                    self.error(
-                        v.span(),
-                        format!("upstream \"{name}\": `{key}` is used only with tls = true"),
-                    );
-                }
-            }
-            return None;
-        }
-        let tls_span = u.tls.as_ref().map_or(0..0, |t| t.span());
-        if builtin {
-            self.error(
-                tls_span,
-                format!("upstream \"{name}\": the built-in upstream does not speak TLS"),
-            );
-            return None;
-        }
-        let client_cert = match (&u.client_cert, &u.client_key) {
-            (Some(c), Some(k)) => Some((
-                CertPaths {
-                    cert: self.path(c),
-                    key: self.path(k),
-                },
-                c.span(),
-                k.span(),
-            )),
-            (None, None) => None,
-            (Some(c), None) | (None, Some(c)) => {
-                self.error(
-                    c.span(),
-                    format!("upstream \"{name}\": `client_cert` and `client_key` go together"),
-                );
-                return None;
-            }
-        };
-        let ca = u.ca.as_ref().map(|c| (self.path(c), c.span()));
-        let sni = u.sni.as_ref().map(|s| s.get_ref().to_ascii_lowercase());
-        if let Some(s) = &u.sni
-            && rustls::pki_types::ServerName::try_from(s.get_ref().as_str()).is_err()
-        {
-            self.error(
-                s.span(),
-                format!(
-                    "upstream \"{name}\": sni \"{}\" is not a host name",
-                    s.get_ref()
-                ),
-            );
-            return None;
-        }
-        let tls = UpstreamTls {
-            sni,
-            ca: ca.as_ref().map(|(p, _)| p.clone()),
-            client_cert: client_cert.as_ref().map(|(p, _, _)| p.clone()),
-        };
-        if let Err(e) = crate::tls::client_config(&tls) {
-            let mut spans: Vec<(&PathBuf, Range<usize>)> = Vec::new();
-            if let Some((p, s)) = &ca {
-                spans.push((p, s.clone()));
-            }
-            if let Some((p, cs, ks)) = &client_cert {
-                spans.push((&p.cert, cs.clone()));
-                spans.push((&p.key, ks.clone()));
-            }
-            if spans.is_empty() {
-                self.error(tls_span, format!("upstream \"{name}\": {e}"));
-            } else {
-                self.tls_error(e, &spans);
-            }
-            return None;
-        }
-        Some(tls)
     }
 
     fn host(&mut self, h: &Spanned<String>) -> Option<String> {
@@ -664,4 +495,11 @@ impl Validator<'_> {
             None
         }
     }
+}
+
+/// An HTTP token (RFC 9110 §5.6.2), which is what a subprotocol name must be.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

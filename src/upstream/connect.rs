@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::UpstreamTls;
+use crate::config::{Tcp, UpstreamTls};
 use crate::tls::{TlsError, client_config};
 
 /// A connection to an upstream server.
@@ -24,13 +24,18 @@ pub enum Stream {
 /// How an upstream's servers are connected to.
 pub struct Connector {
     timeout: Duration,
+    tcp: Tcp,
     tls: Option<TlsConnector>,
     /// The SNI name for every server, when the configuration sets one.
     sni: Option<ServerName<'static>>,
 }
 
 impl Connector {
-    pub fn new(timeout: Duration, tls: Option<&UpstreamTls>) -> Result<Connector, TlsError> {
+    pub fn new(
+        timeout: Duration,
+        tcp: Tcp,
+        tls: Option<&UpstreamTls>,
+    ) -> Result<Connector, TlsError> {
         let (connector, sni) = match tls {
             Some(t) => {
                 let sni = t
@@ -43,6 +48,7 @@ impl Connector {
         };
         Ok(Connector {
             timeout,
+            tcp,
             tls: connector,
             sni,
         })
@@ -62,8 +68,7 @@ impl Connector {
         let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
             .await
             .map_err(|_| timed_out())??;
-        // Requests and frames are small and latency-bound; never wait to coalesce.
-        tcp.set_nodelay(true)?;
+        crate::server::set_tcp_options(&tcp, &self.tcp)?;
         let Some(tls) = &self.tls else {
             return Ok(Stream::Plain(tcp));
         };

@@ -110,6 +110,13 @@ pub struct WsBackend {
 }
 
 pub async fn ws_echo_backend() -> WsBackend {
+    named_ws_backend("").await
+}
+
+/// A WebSocket echo upstream like [`ws_echo_backend`] whose 101 carries
+/// `X-Backend: NAME`, so a client can tell which server it reached.
+pub async fn named_ws_backend(name: &str) -> WsBackend {
+    let name = name.to_owned();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -122,11 +129,16 @@ pub async fn ws_echo_backend() -> WsBackend {
             };
             count.fetch_add(1, Ordering::SeqCst);
             let tx = tx.clone();
+            let name = name.clone();
             tokio::spawn(async move {
                 // The callback's error type is tungstenite's, not ours to shrink.
                 #[allow(clippy::result_large_err)]
                 let callback = |req: &WsRequest, mut resp: WsResponse| {
                     let _ = tx.send(req.headers().clone());
+                    if !name.is_empty() {
+                        resp.headers_mut()
+                            .insert("x-backend", name.parse().unwrap());
+                    }
                     if let Some(p) = req.headers().get("sec-websocket-protocol") {
                         let first = p
                             .to_str()
@@ -174,6 +186,39 @@ pub fn big_messages() -> WebSocketConfig {
 }
 
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connects through sluice and returns which named backend answered, with the open
+/// client.
+pub async fn ws_connect_which(url: &str) -> (Client, String) {
+    let (ws, resp) = within(
+        "websocket connect",
+        tokio_tungstenite::connect_async_with_config(url, Some(big_messages()), false),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    let name = resp
+        .headers()
+        .get("x-backend")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (ws, name)
+}
+
+/// Polls `check` every 20 ms until it is true; fails the test after [`STEP`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// Connects a WebSocket client to `url` (through sluice).
 pub async fn ws_connect(url: &str) -> Client {
