@@ -10,7 +10,6 @@ use arc_swap::ArcSwap;
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 
 use crate::access;
 use crate::body::{ProxyBody, RequestBody};
@@ -393,14 +392,8 @@ impl Tunnel {
                 () = lifetime(self.limits.lifetime) => tunnel::End::MaxLifetime,
             }
         };
-        let report = tunnel::run(
-            TokioIo::new(client),
-            TokioIo::new(upstream),
-            self.limits.timers,
-            counters,
-            stop,
-        )
-        .await;
+        let report =
+            tunnel::run_upgraded(client, upstream, self.limits.timers, counters, stop).await;
         tracing::debug!(
             client = %self.conn.client, route = %self.route.name, server = %server.name,
             end = report.end.as_str(), "tunnel closed"

@@ -1,36 +1,32 @@
 //! A tunnel: the two upgraded connections of a WebSocket, spliced in both directions.
 //!
-//! Each direction is a [`Pump`]: read what is there, write it on, and read nothing
-//! more until it is written, so a slow reader slows its writer instead of growing
-//! memory. An end of stream one way shuts down the write side of the other while the
-//! opposite direction keeps flowing (half-close). The tunnel ends when both directions
-//! have ended, on an error or reset of either side, after `idle` with no bytes either
-//! way (`half_closed`, once one direction has ended: a peer that never closes its side
-//! must not hold the tunnel for the whole idle period), or when shutdown's drain period
-//! is over.
+//! Each direction moves what is there and reads nothing more until it is written, so a
+//! slow reader slows its writer instead of growing memory. An end of stream one way
+//! shuts down the write side of the other while the opposite direction keeps flowing
+//! (half-close). The tunnel ends when both directions have ended, on an error or reset
+//! of either side, after `idle` with no bytes either way (`half_closed`, once one
+//! direction has ended: a peer that never closes its side must not hold the tunnel for
+//! the whole idle period), or when `stop` says so (drain, lifetime, removed server).
 //!
-//! Reads go into a per-thread scratch buffer, and bytes are copied into a buffer of
-//! the pump's own only when the writer cannot take them at once. An idle tunnel
-//! therefore holds no buffer at all: its memory is its two sockets and this state.
+//! Bytes move one of two ways, chosen per tunnel: between two plain sockets on Linux,
+//! [`splice`] moves them through a borrowed pipe without copying them through user
+//! space; otherwise [`copy`] reads into a per-thread scratch buffer. Either way an
+//! idle tunnel holds no buffer and no pipe: its memory is its two sockets and this
+//! state.
 
-use std::cell::RefCell;
+mod copy;
+#[cfg(target_os = "linux")]
+pub mod splice;
+
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
-
-/// Read size per call. 64 KiB lets one read take a whole large WebSocket frame as the
-/// kernel delivers it, and is one allocation per thread, not per tunnel.
-const SCRATCH: usize = 64 * 1024;
-
-thread_local! {
-    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
-}
 
 /// Why a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,8 +88,8 @@ pub struct Counters {
     pub upstream_to_client: IntCounter,
 }
 
-/// Splices `client` and `upstream` until the tunnel ends (see the module docs), or
-/// until `stop` resolves, with the reason it gives.
+/// Splices two async streams until the tunnel ends (see the module docs), or until
+/// `stop` resolves, with the reason it gives.
 pub async fn run<C, U>(
     client: C,
     upstream: U,
@@ -105,11 +101,36 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut splice = Splice {
-        client,
-        upstream,
-        up: Pump::default(),
-        down: Pump::default(),
+    drive(copy::Copy::new(client, upstream), timers, counters, stop).await
+}
+
+/// Like [`run`] for two plain sockets, moving bytes with `splice(2)`.
+#[cfg(target_os = "linux")]
+pub async fn run_sockets(
+    client: tokio::net::TcpStream,
+    upstream: tokio::net::TcpStream,
+    timers: Timers,
+    counters: Counters,
+    stop: impl Future<Output = End>,
+) -> Report {
+    drive(
+        splice::Sockets::new(client, upstream),
+        timers,
+        counters,
+        stop,
+    )
+    .await
+}
+
+async fn drive<T: Transfer>(
+    transfer: T,
+    timers: Timers,
+    counters: Counters,
+    stop: impl Future<Output = End>,
+) -> Report {
+    let mut tunnel = Tunnel {
+        transfer,
+        done: [false; 2],
         first_eof: None,
         limit: timers.idle,
         timers,
@@ -118,23 +139,51 @@ where
         counters,
     };
     let end = tokio::select! {
-        end = &mut splice => end,
+        end = &mut tunnel => end,
         end = stop => end,
     };
     Report {
         end,
-        client_to_upstream: splice.up.total,
-        upstream_to_client: splice.down.total,
+        client_to_upstream: tunnel.transfer.total(Dir::Up),
+        upstream_to_client: tunnel.transfer.total(Dir::Down),
     }
 }
 
-struct Splice<C, U> {
-    client: C,
-    upstream: U,
-    /// Client to upstream.
-    up: Pump,
-    /// Upstream to client.
-    down: Pump,
+/// A direction: client to upstream, or back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dir {
+    Up,
+    Down,
+}
+
+/// Which side of a direction failed.
+pub(crate) enum Side {
+    Reader,
+    Writer,
+}
+
+/// How bytes move between the two legs, one direction at a time.
+pub(crate) trait Transfer: Unpin {
+    /// Moves bytes one way until a side would block (`Pending`), the direction is
+    /// finished, its writer shut down after end of stream (`Ready(Ok)`), or a side
+    /// fails. Sets `moved` when bytes moved.
+    fn poll_dir(
+        &mut self,
+        dir: Dir,
+        cx: &mut Context<'_>,
+        counter: &IntCounter,
+        moved: &mut bool,
+    ) -> Poll<Result<(), Side>>;
+    /// Whether the direction's reader reached end of stream.
+    fn eof(&self, dir: Dir) -> bool;
+    /// Bytes moved that way so far.
+    fn total(&self, dir: Dir) -> u64;
+}
+
+/// The lifecycle common to every transfer: both directions, half-close, idle timers.
+struct Tunnel<T> {
+    transfer: T,
+    done: [bool; 2],
     first_eof: Option<End>,
     timers: Timers,
     /// The inactivity limit now in force: `idle`, then `half_closed`.
@@ -146,39 +195,39 @@ struct Splice<C, U> {
     counters: Counters,
 }
 
-impl<C, U> Future for Splice<C, U>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
+impl<T: Transfer> Future for Tunnel<T> {
     type Output = End;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
         let this = self.get_mut();
         let mut moved = false;
-
-        let up = this.up.poll(
-            cx,
-            &mut this.client,
-            &mut this.upstream,
-            &this.counters.client_to_upstream,
-            &mut moved,
-        );
-        if let Poll::Ready(Err(side)) = up {
-            return Poll::Ready(side.end(End::ClientError, End::UpstreamError));
+        for (i, dir, counter, failed) in [
+            (
+                0,
+                Dir::Up,
+                &this.counters.client_to_upstream,
+                [End::ClientError, End::UpstreamError],
+            ),
+            (
+                1,
+                Dir::Down,
+                &this.counters.upstream_to_client,
+                [End::UpstreamError, End::ClientError],
+            ),
+        ] {
+            if this.done[i] {
+                continue;
+            }
+            match this.transfer.poll_dir(dir, cx, counter, &mut moved) {
+                Poll::Ready(Ok(())) => this.done[i] = true,
+                Poll::Ready(Err(Side::Reader)) => return Poll::Ready(failed[0]),
+                Poll::Ready(Err(Side::Writer)) => return Poll::Ready(failed[1]),
+                Poll::Pending => {}
+            }
         }
-        let down = this.down.poll(
-            cx,
-            &mut this.upstream,
-            &mut this.client,
-            &this.counters.upstream_to_client,
-            &mut moved,
-        );
-        if let Poll::Ready(Err(side)) = down {
-            return Poll::Ready(side.end(End::UpstreamError, End::ClientError));
-        }
-        if this.first_eof.is_none() && (this.up.eof || this.down.eof) {
-            this.first_eof = Some(if this.up.eof {
+        if this.first_eof.is_none() && (this.transfer.eof(Dir::Up) || this.transfer.eof(Dir::Down))
+        {
+            this.first_eof = Some(if this.transfer.eof(Dir::Up) {
                 End::ClientClosed
             } else {
                 End::UpstreamClosed
@@ -187,10 +236,9 @@ where
             let deadline = this.last_activity.max(Instant::now()) + this.limit;
             this.idle_timer.as_mut().reset(deadline);
         }
-        if up.is_ready() && down.is_ready() {
+        if this.done == [true, true] {
             return Poll::Ready(this.first_eof.unwrap_or(End::ClientClosed));
         }
-
         if moved {
             this.last_activity = Instant::now();
         }
@@ -205,148 +253,139 @@ where
     }
 }
 
-/// Which side of a pump failed.
-enum Side {
-    Reader,
-    Writer,
+/// Runs the tunnel between two upgraded HTTP connections, on the fastest transfer
+/// their transports allow: `splice(2)` when both are plain sockets, the copying
+/// transfer otherwise (TLS on either leg).
+pub async fn run_upgraded(
+    client: hyper::upgrade::Upgraded,
+    upstream: hyper::upgrade::Upgraded,
+    timers: Timers,
+    counters: Counters,
+    stop: impl Future<Output = End>,
+) -> Report {
+    let mut client = Leg::client(client);
+    let mut upstream = Leg::upstream(upstream);
+    // Bytes hyper read past either handshake (a client's first frame, an upstream's
+    // greeting sent with its 101) go to the other side before anything else.
+    let early = async {
+        let to_upstream = client.take_early();
+        let to_client = upstream.take_early();
+        upstream.write_early(&to_upstream).await?;
+        client.write_early(&to_client).await?;
+        io::Result::Ok((to_upstream.len() as u64, to_client.len() as u64))
+    };
+    let (up, down) = match tokio::time::timeout(timers.idle, early).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(_)) | Err(_) => {
+            return Report {
+                end: End::ClientError,
+                client_to_upstream: 0,
+                upstream_to_client: 0,
+            };
+        }
+    };
+    counters.client_to_upstream.inc_by(up);
+    counters.upstream_to_client.inc_by(down);
+    let mut report = match (client, upstream) {
+        #[cfg(target_os = "linux")]
+        (Leg::Tcp(c, _), Leg::Tcp(u, _)) if splice::enabled() => {
+            run_sockets(c, u, timers, counters, stop).await
+        }
+        (c, u) => run(c, u, timers, counters, stop).await,
+    };
+    report.client_to_upstream += up;
+    report.upstream_to_client += down;
+    report
 }
 
-impl Side {
-    fn end(self, reader: End, writer: End) -> End {
+/// Any async byte stream a leg can be.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// One leg of a tunnel, unwrapped from hyper's `Upgraded` where that is possible, with
+/// the bytes hyper had read past the handshake.
+enum Leg {
+    Tcp(tokio::net::TcpStream, bytes::Bytes),
+    Stream(Box<dyn Io>, bytes::Bytes),
+}
+
+impl Leg {
+    /// A client connection is served over `TokioIo<TcpStream>` on plain listeners;
+    /// on TLS listeners it stays behind hyper's wrapper, which replays its early bytes.
+    fn client(up: hyper::upgrade::Upgraded) -> Leg {
+        use hyper_util::rt::TokioIo;
+        match up.downcast::<TokioIo<tokio::net::TcpStream>>() {
+            Ok(parts) => Leg::Tcp(parts.io.into_inner(), parts.read_buf),
+            Err(up) => Leg::Stream(Box::new(TokioIo::new(up)), bytes::Bytes::new()),
+        }
+    }
+
+    /// An upstream connection is a `TokioIo<upstream::Stream>`, plain or TLS.
+    fn upstream(up: hyper::upgrade::Upgraded) -> Leg {
+        use hyper_util::rt::TokioIo;
+        match up.downcast::<TokioIo<crate::upstream::Stream>>() {
+            Ok(parts) => match parts.io.into_inner() {
+                crate::upstream::Stream::Plain(tcp) => Leg::Tcp(tcp, parts.read_buf),
+                tls => Leg::Stream(Box::new(tls), parts.read_buf),
+            },
+            Err(up) => Leg::Stream(Box::new(TokioIo::new(up)), bytes::Bytes::new()),
+        }
+    }
+
+    fn take_early(&mut self) -> bytes::Bytes {
         match self {
-            Side::Reader => reader,
-            Side::Writer => writer,
+            Leg::Tcp(_, early) | Leg::Stream(_, early) => std::mem::take(early),
         }
+    }
+
+    async fn write_early(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        if !bytes.is_empty() {
+            self.write_all(bytes).await?;
+            self.flush().await?;
+        }
+        Ok(())
     }
 }
 
-/// One direction of a tunnel.
-#[derive(Default)]
-struct Pump {
-    /// Bytes read but not yet written; empty (and unallocated) unless the writer
-    /// pushed back.
-    pending: Vec<u8>,
-    written: usize,
-    /// The reader reached end of stream.
-    eof: bool,
-    /// The writer has been shut down after `eof`.
-    done: bool,
-    /// Bytes were written since the last flush.
-    unflushed: bool,
-    total: u64,
-}
-
-impl Pump {
-    /// Moves bytes until the reader or writer would block (`Pending`), the direction
-    /// is finished (`Ready(Ok)`), or a side fails (`Ready(Err)`).
-    fn poll<R, W>(
-        &mut self,
+impl AsyncRead for Leg {
+    fn poll_read(
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        reader: &mut R,
-        writer: &mut W,
-        counter: &IntCounter,
-        moved: &mut bool,
-    ) -> Poll<Result<(), Side>>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        if self.done {
-            return Poll::Ready(Ok(()));
-        }
-        loop {
-            // Finish what the writer pushed back before reading more.
-            while self.written < self.pending.len() {
-                match Pin::new(&mut *writer).poll_write(cx, &self.pending[self.written..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(Side::Writer)),
-                    Poll::Ready(Ok(n)) => {
-                        self.written += n;
-                        self.unflushed = true;
-                    }
-                    Poll::Ready(Err(_)) => return Poll::Ready(Err(Side::Writer)),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-            if !self.pending.is_empty() {
-                self.written = 0;
-                // Give back the memory: a tunnel that was busy once may idle for hours.
-                self.pending = Vec::new();
-            }
-
-            if self.eof {
-                if self.unflushed {
-                    ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(|_| Side::Writer)?;
-                    self.unflushed = false;
-                }
-                // The peer may already be gone; the other direction decides the end.
-                let _ = ready!(Pin::new(&mut *writer).poll_shutdown(cx));
-                self.done = true;
-                return Poll::Ready(Ok(()));
-            }
-
-            let step = SCRATCH_BUF.with_borrow_mut(|scratch| {
-                let mut buf = ReadBuf::new(scratch);
-                match Pin::new(&mut *reader).poll_read(cx, &mut buf) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(Err(_)) => Poll::Ready(Err(Side::Reader)),
-                    Poll::Ready(Ok(())) if buf.filled().is_empty() => {
-                        self.eof = true;
-                        Poll::Ready(Ok(()))
-                    }
-                    Poll::Ready(Ok(())) => {
-                        let data = buf.filled();
-                        let n = data.len();
-                        self.total += n as u64;
-                        counter.inc_by(n as u64);
-                        *moved = true;
-                        // Write straight from the scratch buffer; keep only the rest.
-                        let mut off = 0;
-                        while off < n {
-                            match Pin::new(&mut *writer).poll_write(cx, &data[off..]) {
-                                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                                    return Poll::Ready(Err(Side::Writer));
-                                }
-                                Poll::Ready(Ok(w)) => {
-                                    off += w;
-                                    self.unflushed = true;
-                                }
-                                Poll::Pending => break,
-                            }
-                        }
-                        if off < n {
-                            self.pending.extend_from_slice(&data[off..]);
-                        }
-                        Poll::Ready(Ok(()))
-                    }
-                }
-            });
-            match step {
-                Poll::Ready(Ok(())) => continue,
-                Poll::Ready(Err(side)) => return Poll::Ready(Err(side)),
-                Poll::Pending => {
-                    if self.unflushed {
-                        match Pin::new(&mut *writer).poll_flush(cx) {
-                            Poll::Ready(Ok(())) => self.unflushed = false,
-                            Poll::Ready(Err(_)) => return Poll::Ready(Err(Side::Writer)),
-                            Poll::Pending => {}
-                        }
-                    }
-                    return Poll::Pending;
-                }
-            }
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Leg::Tcp(s, _) => Pin::new(s).poll_read(cx, buf),
+            Leg::Stream(s, _) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
 
-/// Writes bytes one side had already read past the handshake to the other side, before
-/// the splice begins.
-pub async fn forward_early<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    if !bytes.is_empty() {
-        writer.write_all(bytes).await?;
-        writer.flush().await?;
+impl AsyncWrite for Leg {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Leg::Tcp(s, _) => Pin::new(s).poll_write(cx, buf),
+            Leg::Stream(s, _) => Pin::new(s).poll_write(cx, buf),
+        }
     }
-    Ok(())
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Leg::Tcp(s, _) => Pin::new(s).poll_flush(cx),
+            Leg::Stream(s, _) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Leg::Tcp(s, _) => Pin::new(s).poll_shutdown(cx),
+            Leg::Stream(s, _) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 #[cfg(test)]

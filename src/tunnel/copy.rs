@@ -1,0 +1,194 @@
+//! The portable transfer: read into a per-thread scratch buffer, write on, and keep
+//! bytes only while the writer pushes back. Used where a leg is TLS (or not a plain
+//! socket), and on systems without `splice(2)`.
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{Dir, Side, Transfer};
+
+/// Read size per call. 64 KiB lets one read take a whole large WebSocket frame as the
+/// kernel delivers it, and is one allocation per thread, not per tunnel.
+const SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
+
+/// Both legs as async streams, with one pump per direction.
+pub(super) struct Copy<C, U> {
+    pub(super) client: C,
+    pub(super) upstream: U,
+    up: Pump,
+    down: Pump,
+}
+
+impl<C, U> Copy<C, U> {
+    pub(super) fn new(client: C, upstream: U) -> Self {
+        Copy {
+            client,
+            upstream,
+            up: Pump::default(),
+            down: Pump::default(),
+        }
+    }
+}
+
+impl<C, U> Transfer for Copy<C, U>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    fn poll_dir(
+        &mut self,
+        dir: Dir,
+        cx: &mut Context<'_>,
+        counter: &IntCounter,
+        moved: &mut bool,
+    ) -> Poll<Result<(), Side>> {
+        match dir {
+            Dir::Up => self
+                .up
+                .poll(cx, &mut self.client, &mut self.upstream, counter, moved),
+            Dir::Down => self
+                .down
+                .poll(cx, &mut self.upstream, &mut self.client, counter, moved),
+        }
+    }
+
+    fn eof(&self, dir: Dir) -> bool {
+        match dir {
+            Dir::Up => self.up.eof,
+            Dir::Down => self.down.eof,
+        }
+    }
+
+    fn total(&self, dir: Dir) -> u64 {
+        match dir {
+            Dir::Up => self.up.total,
+            Dir::Down => self.down.total,
+        }
+    }
+}
+
+/// One direction of a tunnel.
+#[derive(Default)]
+pub(super) struct Pump {
+    /// Bytes read but not yet written; empty (and unallocated) unless the writer
+    /// pushed back.
+    pending: Vec<u8>,
+    written: usize,
+    /// The reader reached end of stream.
+    pub(super) eof: bool,
+    /// The writer has been shut down after `eof`.
+    done: bool,
+    /// Bytes were written since the last flush.
+    unflushed: bool,
+    pub(super) total: u64,
+}
+
+impl Pump {
+    /// Moves bytes until the reader or writer would block (`Pending`), the direction
+    /// is finished (`Ready(Ok)`), or a side fails (`Ready(Err)`).
+    pub(super) fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        counter: &IntCounter,
+        moved: &mut bool,
+    ) -> Poll<Result<(), Side>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            // Finish what the writer pushed back before reading more.
+            while self.written < self.pending.len() {
+                match Pin::new(&mut *writer).poll_write(cx, &self.pending[self.written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(Side::Writer)),
+                    Poll::Ready(Ok(n)) => {
+                        self.written += n;
+                        self.unflushed = true;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(Side::Writer)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if !self.pending.is_empty() {
+                self.written = 0;
+                // Give back the memory: a tunnel that was busy once may idle for hours.
+                self.pending = Vec::new();
+            }
+
+            if self.eof {
+                if self.unflushed {
+                    ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(|_| Side::Writer)?;
+                    self.unflushed = false;
+                }
+                // The peer may already be gone; the other direction decides the end.
+                let _ = ready!(Pin::new(&mut *writer).poll_shutdown(cx));
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+
+            let step = SCRATCH_BUF.with_borrow_mut(|scratch| {
+                let mut buf = ReadBuf::new(scratch);
+                match Pin::new(&mut *reader).poll_read(cx, &mut buf) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(_)) => Poll::Ready(Err(Side::Reader)),
+                    Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                        self.eof = true;
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Ok(())) => {
+                        let data = buf.filled();
+                        let n = data.len();
+                        self.total += n as u64;
+                        counter.inc_by(n as u64);
+                        *moved = true;
+                        // Write straight from the scratch buffer; keep only the rest.
+                        let mut off = 0;
+                        while off < n {
+                            match Pin::new(&mut *writer).poll_write(cx, &data[off..]) {
+                                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                                    return Poll::Ready(Err(Side::Writer));
+                                }
+                                Poll::Ready(Ok(w)) => {
+                                    off += w;
+                                    self.unflushed = true;
+                                }
+                                Poll::Pending => break,
+                            }
+                        }
+                        if off < n {
+                            self.pending.extend_from_slice(&data[off..]);
+                        }
+                        Poll::Ready(Ok(()))
+                    }
+                }
+            });
+            match step {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(side)) => return Poll::Ready(Err(side)),
+                Poll::Pending => {
+                    if self.unflushed {
+                        match Pin::new(&mut *writer).poll_flush(cx) {
+                            Poll::Ready(Ok(())) => self.unflushed = false,
+                            Poll::Ready(Err(_)) => return Poll::Ready(Err(Side::Writer)),
+                            Poll::Pending => {}
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}

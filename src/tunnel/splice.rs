@@ -1,0 +1,327 @@
+//! The Linux zero-copy transfer: bytes go from one socket into a pipe and from the
+//! pipe into the other socket with `splice(2)`, as page references, never copied
+//! through user space.
+//!
+//! Pipes are borrowed from a small per-thread pool only while bytes sit in them, and
+//! given back as soon as they are drained, so an idle tunnel holds no pipe: file
+//! descriptors are a budget too (two per pipe), and a gateway holding thousands of
+//! idle tunnels would otherwise spend two more per direction.
+//!
+//! This is the one module with `unsafe`: the `splice`, `pipe2` and `fcntl` calls.
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::task::{Context, Poll, ready};
+
+use prometheus::IntCounter;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::{Dir, Side, Transfer};
+
+/// The most one splice call moves: the default pipe capacity (16 pages).
+const CHUNK: usize = 64 * 1024;
+
+/// Free pipes kept per thread. Pipes are held only while bytes move, so a thread
+/// rarely has more than a few out at once; more would only hold descriptors.
+const POOL: usize = 16;
+
+thread_local! {
+    static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A pipe's two ends.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` is a valid array of two descriptors for pipe2 to fill.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by no one else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok(Pipe { read, write })
+    }
+
+    fn borrow() -> io::Result<Pipe> {
+        match PIPES.with_borrow_mut(Vec::pop) {
+            Some(p) => Ok(p),
+            None => Pipe::new(),
+        }
+    }
+
+    /// Gives an empty pipe back to this thread's pool.
+    fn give_back(self) {
+        PIPES.with_borrow_mut(|pool| {
+            if pool.len() < POOL {
+                pool.push(self);
+            }
+        });
+    }
+}
+
+/// Whether tunnels between plain sockets use `splice(2)`; `SLUICE_SPLICE=0` turns it
+/// off, to compare the two transfers.
+pub fn enabled() -> bool {
+    static ON: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| std::env::var("SLUICE_SPLICE").map_or(true, |v| v != "0"));
+    *ON
+}
+
+/// Moves up to `len` bytes from `from` to `to`, one of which is a pipe.
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: both descriptors are open for the duration of the call (the caller
+    // borrows their owners); null offsets mean "current position", as sockets and
+    // pipes require; splice touches no memory of ours.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Both legs as plain sockets, with one splicing pump per direction.
+pub(crate) struct Sockets {
+    client: TcpStream,
+    upstream: TcpStream,
+    up: Pump,
+    down: Pump,
+}
+
+impl Sockets {
+    pub(crate) fn new(client: TcpStream, upstream: TcpStream) -> Self {
+        Sockets {
+            client,
+            upstream,
+            up: Pump::default(),
+            down: Pump::default(),
+        }
+    }
+}
+
+impl Transfer for Sockets {
+    fn poll_dir(
+        &mut self,
+        dir: Dir,
+        cx: &mut Context<'_>,
+        counter: &IntCounter,
+        moved: &mut bool,
+    ) -> Poll<Result<(), Side>> {
+        match dir {
+            Dir::Up => self
+                .up
+                .poll(cx, &self.client, &self.upstream, counter, moved),
+            Dir::Down => self
+                .down
+                .poll(cx, &self.upstream, &self.client, counter, moved),
+        }
+    }
+
+    fn eof(&self, dir: Dir) -> bool {
+        match dir {
+            Dir::Up => self.up.eof,
+            Dir::Down => self.down.eof,
+        }
+    }
+
+    fn total(&self, dir: Dir) -> u64 {
+        match dir {
+            Dir::Up => self.up.total,
+            Dir::Down => self.down.total,
+        }
+    }
+}
+
+/// One direction: socket -> pipe -> socket.
+#[derive(Default)]
+struct Pump {
+    /// Borrowed while it holds bytes.
+    pipe: Option<Pipe>,
+    /// Bytes in the pipe, not yet spliced out.
+    in_pipe: usize,
+    eof: bool,
+    done: bool,
+    total: u64,
+}
+
+impl Pump {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+        counter: &IntCounter,
+        moved: &mut bool,
+    ) -> Poll<Result<(), Side>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            // Drain the pipe before reading more: at most one pipe's worth is ever
+            // held, so a slow reader slows its writer.
+            while self.in_pipe > 0 {
+                ready!(dst.poll_write_ready(cx)).map_err(|_| Side::Writer)?;
+                let Some(pipe) = &self.pipe else {
+                    return Poll::Ready(Err(Side::Writer));
+                };
+                let out = dst.try_io(Interest::WRITABLE, || {
+                    splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), self.in_pipe)
+                });
+                match out {
+                    Ok(n) if n > 0 => self.in_pipe -= n,
+                    Ok(_) => return Poll::Ready(Err(Side::Writer)),
+                    // Readiness was cleared; the next poll_write_ready waits.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Poll::Ready(Err(Side::Writer)),
+                }
+            }
+            if let Some(p) = self.pipe.take() {
+                p.give_back();
+            }
+
+            if self.eof {
+                // The peer may already be gone; the other direction decides the end.
+                let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+
+            ready!(src.poll_read_ready(cx)).map_err(|_| Side::Reader)?;
+            let pipe = Pipe::borrow().map_err(|_| Side::Reader)?;
+            let got = src.try_io(Interest::READABLE, || {
+                splice(src.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)
+            });
+            match got {
+                Ok(0) => {
+                    self.eof = true;
+                    pipe.give_back();
+                }
+                Ok(n) => {
+                    self.in_pipe = n;
+                    self.pipe = Some(pipe);
+                    self.total += n as u64;
+                    counter.inc_by(n as u64);
+                    *moved = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => pipe.give_back(),
+                Err(_) => {
+                    pipe.give_back();
+                    return Poll::Ready(Err(Side::Reader));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::super::{Counters, End, Timers, run_sockets};
+    use super::*;
+
+    /// A connected pair of sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    fn counters() -> Counters {
+        Counters {
+            client_to_upstream: IntCounter::new("a", "a").unwrap(),
+            upstream_to_client: IntCounter::new("b", "b").unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_cross_both_ways_with_half_close_and_no_pipe_kept() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, mut upstream) = pair().await;
+        let timers = Timers {
+            idle: Duration::from_secs(60),
+            half_closed: Duration::from_secs(60),
+        };
+        let task = tokio::spawn(run_sockets(
+            client_side,
+            upstream_side,
+            timers,
+            counters(),
+            std::future::pending::<End>(),
+        ));
+
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = big.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&big).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap();
+        assert!(got == expected, "bytes differ after the splice");
+        upstream.write_all(b"done").await.unwrap();
+        upstream.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"done");
+        let report = task.await.unwrap();
+        assert_eq!(report.end, End::ClientClosed);
+        assert_eq!(report.client_to_upstream, 3_000_000);
+        assert_eq!(report.upstream_to_client, 4);
+        assert!(PIPES.with_borrow(Vec::len) <= POOL);
+    }
+
+    #[tokio::test]
+    async fn a_reset_ends_the_tunnel() {
+        let (client, client_side) = pair().await;
+        let (upstream_side, upstream) = pair().await;
+        let timers = Timers {
+            idle: Duration::from_secs(60),
+            half_closed: Duration::from_secs(60),
+        };
+        let task = tokio::spawn(run_sockets(
+            client_side,
+            upstream_side,
+            timers,
+            counters(),
+            std::future::pending::<End>(),
+        ));
+        socket2::SockRef::from(&upstream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(upstream);
+        let report = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(report.end, End::UpstreamError | End::UpstreamClosed),
+            "{:?}",
+            report.end
+        );
+        drop(client);
+    }
+}
