@@ -37,28 +37,24 @@ impl Entry {
 
     /// Writes the line for a finished HTTP request.
     pub fn finish(self, bytes_out: u64) {
-        tracing::info!(
-            target: "access",
-            kind = "http",
-            listener = &*self.listener,
-            client = %self.client,
-            method = %self.method,
-            host = self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
-            path = self.path(),
-            route = self.route.as_deref().unwrap_or("-"),
-            server = self.server.as_deref().unwrap_or("-"),
-            status = self.status,
-            bytes_in = self.bytes_in.load(Ordering::Relaxed),
-            bytes_out,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-        );
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        self.write("http", bytes_in, bytes_out, None);
     }
 
     /// Writes the line for a finished tunnel: its bytes each way and why it ended.
     pub fn finish_tunnel(self, report: &crate::tunnel::Report) {
+        self.write(
+            "tunnel",
+            report.client_to_upstream,
+            report.upstream_to_client,
+            Some(report.end.as_str()),
+        );
+    }
+
+    fn write(&self, kind: &str, bytes_in: u64, bytes_out: u64, end: Option<&str>) {
         tracing::info!(
             target: "access",
-            kind = "tunnel",
+            kind,
             listener = &*self.listener,
             client = %self.client,
             method = %self.method,
@@ -67,9 +63,9 @@ impl Entry {
             route = self.route.as_deref().unwrap_or("-"),
             server = self.server.as_deref().unwrap_or("-"),
             status = self.status,
-            bytes_in = report.client_to_upstream,
-            bytes_out = report.upstream_to_client,
-            end = report.end.as_str(),
+            bytes_in,
+            bytes_out,
+            end,
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
         );
     }

@@ -57,10 +57,17 @@ fn main() -> ExitCode {
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = settings.workers {
-        runtime.worker_threads(n);
-    }
+    let mut runtime = match settings.workers {
+        // One worker: the current-thread scheduler, which has no work-stealing queues
+        // and no cross-thread wake-ups to pay for.
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match runtime.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

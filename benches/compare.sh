@@ -1,0 +1,631 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: sluice against nginx, HAProxy and Caddy (and the backend
+# reached directly, the ceiling), every scenario against every target in one run.
+#
+#   benches/compare.sh            full run (under 10 minutes once built)
+#   benches/compare.sh --quick    shorter run, fewer idle tunnels (under 3 minutes)
+#
+# Options: --targets "direct sluice nginx haproxy caddy" (a subset, in order),
+#          --keep (keep the work directory with configs and logs), --help.
+#
+# It installs what is missing (nginx, haproxy, caddy from the distribution; the
+# sluice binary and the two bench programs with cargo), writes each proxy's config
+# into a temporary directory, starts it on loopback ports picked at run time, pins it
+# to CPU 0 with the load generator and the echo backend on CPU 1, runs the
+# scenarios, and prints one markdown table. Every process it starts is stopped on
+# exit, Ctrl-C included.
+
+set -uo pipefail
+
+usage() {
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+QUICK=0
+KEEP=0
+TARGETS="direct sluice nginx haproxy caddy"
+while (($#)); do
+    case "$1" in
+    --quick) QUICK=1 ;;
+    --keep) KEEP=1 ;;
+    --targets)
+        shift
+        TARGETS="${1:-}"
+        ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *)
+        echo "compare.sh: unknown argument: $1" >&2
+        usage >&2
+        exit 2
+        ;;
+    esac
+    shift
+done
+
+[[ -n "${TARGETS// /}" ]] || {
+    echo "compare.sh: --targets needs at least one target" >&2
+    exit 2
+}
+for t in $TARGETS; do
+    case "$t" in
+    direct | sluice | nginx | haproxy | caddy) ;;
+    *)
+        echo "compare.sh: unknown target: $t (known: direct sluice nginx haproxy caddy)" >&2
+        exit 2
+        ;;
+    esac
+done
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit 1
+T0=$(date +%s)
+
+# ---- Durations and sizes ----
+if ((QUICK)); then
+    WARMUP=0.5
+    DURATION=1.5
+    IDLE_WANTED=2000
+    SETTLE_MS=500
+else
+    WARMUP=1
+    DURATION=5
+    IDLE_WANTED=10000
+    SETTLE_MS=1000
+fi
+HTTP_BODY=128
+
+# ---- Cleanup: every process started here is stopped, whatever happens ----
+STARTED_PIDS=()
+WORK=""
+ADDED_POLICY=0
+
+cleanup() {
+    local pid i alive
+    for pid in "${STARTED_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null
+    done
+    # Up to 5 s for a clean exit, then no more waiting.
+    for ((i = 0; i < 50; i++)); do
+        alive=0
+        for pid in "${STARTED_PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for pid in "${STARTED_PIDS[@]}"; do
+        kill -KILL "$pid" 2>/dev/null
+    done
+    if ((ADDED_POLICY)); then
+        rm -f /usr/sbin/policy-rc.d
+    fi
+    if [[ -n "$WORK" && -d "$WORK" ]]; then
+        if ((KEEP)); then
+            echo "work directory kept: $WORK" >&2
+        else
+            rm -rf "$WORK"
+        fi
+    fi
+}
+trap cleanup EXIT
+trap 'echo "compare.sh: interrupted" >&2; exit 130' INT TERM HUP
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+die() {
+    echo "compare.sh: $*" >&2
+    exit 1
+}
+
+# Starts "$@" in the background with output to the log file $1's path; the process
+# is remembered for cleanup and its pid left in LAST_PID.
+LAST_PID=""
+start_bg() {
+    local log=$1
+    shift
+    "$@" >"$log" 2>&1 &
+    LAST_PID=$!
+    STARTED_PIDS+=("$LAST_PID")
+}
+
+# Stops one process started by start_bg, waiting up to 5 s before SIGKILL.
+stop_pid() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
+# Waits until something accepts on 127.0.0.1:$1 while process $2 lives.
+wait_port() {
+    local port=$1 pid=$2 i
+    for ((i = 0; i < 200; i++)); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+
+# The pids whose parent is $1 (from /proc, so no procps is needed).
+children_of() {
+    local parent=$1 f line fields
+    for f in /proc/[0-9]*/stat; do
+        # The process may be gone by now.
+        { read -r line <"$f"; } 2>/dev/null || continue
+        # After the command name (which may hold spaces): state, then the parent pid.
+        read -r -a fields <<<"${line##*) }"
+        if [[ "${fields[1]:-}" == "$parent" ]]; then
+            f=${f#/proc/}
+            echo "${f%/stat}"
+        fi
+    done
+}
+
+# ---- Open files: raise the soft limit to the hard one for everything started ----
+HARD_NOFILE=$(ulimit -Hn)
+if [[ "$HARD_NOFILE" == unlimited ]]; then
+    HARD_NOFILE=1048576
+fi
+ulimit -n "$HARD_NOFILE" 2>/dev/null || die "cannot raise the open-file limit to $HARD_NOFILE"
+NOFILE=$(ulimit -n)
+# A proxy holding N tunnels needs 2N descriptors (client and upstream side) plus its
+# listeners, logs and internals: keep 200 spare.
+IDLE_MAX=$(((NOFILE - 200) / 2))
+IDLE_N=$IDLE_WANTED
+IDLE_CAPPED=0
+if ((IDLE_N > IDLE_MAX)); then
+    IDLE_N=$IDLE_MAX
+    IDLE_CAPPED=1
+fi
+
+# ---- Install what is missing ----
+have_nginx() { command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]]; }
+have_haproxy() { command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]]; }
+have_caddy() { command -v caddy >/dev/null 2>&1 || [[ -x /usr/bin/caddy ]]; }
+
+wanted() { [[ " $TARGETS " == *" $1 "* ]]; }
+
+missing=()
+for t in nginx haproxy caddy; do
+    if wanted "$t" && ! "have_$t"; then
+        missing+=("$t")
+    fi
+done
+command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+if ((${#missing[@]})); then
+    say "installing ${missing[*]}"
+    (($(id -u) == 0)) || die "run as root to install ${missing[*]} (or install them first)"
+    # The packages' scripts would start system-wide services on ports 80 and 443; a
+    # policy-rc.d answering 101 ("not allowed") keeps them from starting.
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        ADDED_POLICY=1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || die "apt-get update failed"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+        die "apt-get install ${missing[*]} failed"
+    if ((ADDED_POLICY)); then
+        rm -f /usr/sbin/policy-rc.d
+        ADDED_POLICY=0
+    fi
+fi
+export PATH="$PATH:/usr/sbin:/sbin"
+
+say "building sluice and the bench programs (cargo build --release)"
+command -v cargo >/dev/null 2>&1 || die "cargo is needed to build sluice"
+# In the background and waited for, so that a signal stops the build at once.
+cargo build --release --bin sluice --example loadgen --example echo_backend >&2 &
+STARTED_PIDS+=("$!")
+wait "$!" || die "the build failed"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+SLUICE="$TARGET_DIR/release/sluice"
+LOADGEN="$TARGET_DIR/release/examples/loadgen"
+BACKEND="$TARGET_DIR/release/examples/echo_backend"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench.XXXXXX") || die "mktemp failed"
+# nginx's worker runs as an unprivileged user and must reach its prefix.
+chmod 755 "$WORK"
+OUT_DIR="$TARGET_DIR/bench"
+mkdir -p "$OUT_DIR"
+STAMP=$(date +%Y%m%d-%H%M%S)
+RESULTS="$OUT_DIR/compare-$STAMP.jsonl"
+TABLE="$OUT_DIR/compare-$STAMP.md"
+: >"$RESULTS"
+
+# ---- CPU pinning and priority ----
+# As root, everything runs at the highest priority so that other work on the machine
+# (a build, say) takes less from the measurement; the loadgen reports what others
+# still took from each core, and the table flags it.
+NICE=()
+if (($(id -u) == 0)); then
+    NICE=(nice -n -20)
+fi
+NCPU=$(nproc 2>/dev/null || echo 1)
+if ((NCPU >= 2)); then
+    PROXY_PIN=("${NICE[@]}" taskset -c 0)
+    CLIENT_PIN=("${NICE[@]}" taskset -c 1)
+    PROBE_CORES=(--proxy-cpu 0 --client-cpu 1)
+    PIN_NOTE="Proxy pinned to CPU 0, load generator and echo backend to CPU 1; every proxy runs one worker thread."
+else
+    echo "compare.sh: only $NCPU CPU: running unpinned, the proxy shares its core" >&2
+    PROXY_PIN=("${NICE[@]}")
+    CLIENT_PIN=("${NICE[@]}")
+    PROBE_CORES=()
+    PIN_NOTE="Only one CPU: nothing pinned, the proxy shared its core with the load generator and backend."
+fi
+
+# ---- Per-target configuration ----
+# Each writes its config into $WORK/<target>/ and starts the proxy listening on
+# $PROXY_PORT in front of the backend on $BACKEND_PORT; sets PROXY_MAIN (the process
+# started, stopped at the end) and PROXY_PID (the one whose CPU time and memory are
+# measured: the same except for nginx).
+
+start_sluice() {
+    local d="$WORK/sluice"
+    mkdir -p "$d"
+    cat >"$d/sluice.toml" <<EOF
+[runtime]
+workers = 1
+
+[timeouts]
+idle = "600s"
+drain = "2s"
+
+[limits]
+max_connections = 100000
+
+# No access log, as for every other proxy here.
+[log]
+access = false
+
+[[listeners]]
+listen = "127.0.0.1:$PROXY_PORT"
+
+[[routes]]
+path = "/"
+upstream = "b"
+
+[upstreams.b]
+servers = ["127.0.0.1:$BACKEND_PORT"]
+keepalive = 128
+EOF
+    start_bg "$d/sluice.log" "${PROXY_PIN[@]}" "$SLUICE" -c "$d/sluice.toml"
+    PROXY_MAIN=$LAST_PID
+    PROXY_PID=$LAST_PID
+    wait_port "$PROXY_PORT" "$PROXY_PID"
+}
+
+start_nginx() {
+    local d="$WORK/nginx"
+    mkdir -p "$d"
+    cat >"$d/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+
+# nginx runs out of connection slots before it runs out of descriptors (9,375
+# tunnels with 20,000 slots and 20,000 descriptors): give it slots to spare, so that
+# the open-file limit is what bounds it, as it bounds the other proxies.
+events {
+    worker_connections $((NOFILE * 2));
+}
+
+http {
+    access_log off;
+    client_body_temp_path $d/client_body;
+    proxy_temp_path $d/proxy_temp;
+    fastcgi_temp_path $d/fastcgi_temp;
+    uwsgi_temp_path $d/uwsgi_temp;
+    scgi_temp_path $d/scgi_temp;
+    # Keep-alive without a per-connection request cap, like the other proxies.
+    keepalive_timeout 600s;
+    keepalive_requests 1000000;
+
+    # Upgrade requests get "Connection: upgrade"; others get no Connection header at
+    # all, so that upstream keep-alive works for plain HTTP.
+    map \$http_upgrade \$connection_upgrade {
+        default upgrade;
+        ''      '';
+    }
+
+    upstream backend {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 128;
+        keepalive_requests 1000000;
+        keepalive_timeout 600s;
+    }
+
+    server {
+        listen 127.0.0.1:$PROXY_PORT backlog=4096;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection \$connection_upgrade;
+            proxy_read_timeout 600s;
+            proxy_send_timeout 600s;
+            # Pass responses on as they arrive, as a gateway for streams does; the
+            # 16 KiB buffer also sizes each direction of an upgraded tunnel.
+            proxy_buffering off;
+            proxy_buffer_size 16k;
+            proxy_buffers 8 16k;
+        }
+    }
+}
+EOF
+    start_bg "$d/stderr.log" "${PROXY_PIN[@]}" nginx -p "$d/" -e "$d/error.log" -c "$d/nginx.conf"
+    PROXY_MAIN=$LAST_PID
+    wait_port "$PROXY_PORT" "$PROXY_MAIN" || return 1
+    # The worker does all the proxying; the master only supervises it.
+    local i
+    PROXY_PID=""
+    for ((i = 0; i < 100; i++)); do
+        PROXY_PID=$(children_of "$PROXY_MAIN" | head -n1)
+        [[ -n "$PROXY_PID" ]] && break
+        sleep 0.05
+    done
+    [[ -n "$PROXY_PID" ]]
+}
+
+start_haproxy() {
+    local d="$WORK/haproxy"
+    mkdir -p "$d"
+    # HAProxy refuses to start when maxconn needs more descriptors than the hard
+    # limit allows (two per proxied connection).
+    local maxconn=$(((NOFILE - 100) / 2))
+    cat >"$d/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn $maxconn
+    # No log line: nothing is logged.
+
+defaults
+    mode http
+    maxconn $maxconn
+    timeout connect 5s
+    timeout client 600s
+    timeout server 600s
+    timeout http-keep-alive 600s
+    timeout tunnel 1h
+
+frontend fe
+    bind 127.0.0.1:$PROXY_PORT
+    default_backend be
+
+backend be
+    http-reuse always
+    server s1 127.0.0.1:$BACKEND_PORT
+EOF
+    start_bg "$d/haproxy.log" "${PROXY_PIN[@]}" haproxy -db -f "$d/haproxy.cfg"
+    PROXY_MAIN=$LAST_PID
+    PROXY_PID=$LAST_PID
+    wait_port "$PROXY_PORT" "$PROXY_PID"
+}
+
+start_caddy() {
+    local d="$WORK/caddy"
+    mkdir -p "$d"
+    cat >"$d/Caddyfile" <<EOF
+{
+	admin off
+	auto_https off
+	# Errors only; no access log is configured.
+	log default {
+		level ERROR
+	}
+}
+
+http://:$PROXY_PORT {
+	bind 127.0.0.1
+	reverse_proxy 127.0.0.1:$BACKEND_PORT {
+		transport http {
+			keepalive 600s
+			keepalive_idle_conns 128
+			keepalive_idle_conns_per_host 128
+		}
+	}
+}
+EOF
+    start_bg "$d/caddy.log" env GOMAXPROCS=1 HOME="$d" XDG_CONFIG_HOME="$d/config" \
+        XDG_DATA_HOME="$d/data" "${PROXY_PIN[@]}" caddy run --adapter caddyfile --config "$d/Caddyfile"
+    PROXY_MAIN=$LAST_PID
+    PROXY_PID=$LAST_PID
+    wait_port "$PROXY_PORT" "$PROXY_PID"
+}
+
+# The backend reached straight away: no proxy, the ceiling of the machine.
+start_direct() {
+    PROXY_MAIN=""
+    PROXY_PID=""
+    PROXY_PORT=$BACKEND_PORT
+}
+
+proxy_log() {
+    case "$1" in
+    sluice) echo "$WORK/sluice/sluice.log" ;;
+    nginx) echo "$WORK/nginx/error.log" ;;
+    haproxy) echo "$WORK/haproxy/haproxy.log" ;;
+    caddy) echo "$WORK/caddy/caddy.log" ;;
+    *) echo "$WORK/backend-$1.log" ;;
+    esac
+}
+
+version_of() {
+    case "$1" in
+    sluice) echo "sluice $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')" ;;
+    nginx) nginx -v 2>&1 | sed 's/^nginx version: //' ;;
+    haproxy) haproxy -v 2>/dev/null | head -n1 | awk '{print "HAProxy " $3}' ;;
+    caddy) echo "Caddy $(caddy version 2>/dev/null | awk '{print $1}')" ;;
+    esac
+}
+
+# ---- Running the scenarios ----
+FAILURES=()
+RETRIED=()
+if ((QUICK)); then RETRIES=4; else RETRIES=8; fi
+
+# run_load TARGET SCENARIO MODE [loadgen args...]: one loadgen run, its summary shown.
+# A run during which other processes on the machine took more than a tenth of a core
+# is run again after a pause, at most twice and within a budget for the whole run;
+# the report keeps the last attempt.
+run_load() {
+    local target=$1 scenario=$2 mode=$3
+    shift 3
+    local probe=()
+    if [[ -n "$PROXY_PID" ]]; then
+        probe=(--proxy-pid "$PROXY_PID")
+    fi
+    # nginx's master is part of the benchmark too, not other work on the machine.
+    if [[ -n "$PROXY_MAIN" && "$PROXY_MAIN" != "$PROXY_PID" ]]; then
+        probe+=(--client-pid "$PROXY_MAIN")
+    fi
+    local log="$WORK/loadgen-$target-$scenario.log" pid rc others tries=0
+    while :; do
+        start_bg "$log" "${CLIENT_PIN[@]}" "$LOADGEN" "$mode" --target "127.0.0.1:$PROXY_PORT" \
+            --label "$target" --scenario "$scenario" --json "$RESULTS" \
+            "${probe[@]}" --client-pid "$BACKEND_PID" "${PROBE_CORES[@]}" "$@"
+        pid=$LAST_PID
+        wait "$pid"
+        rc=$?
+        # Its summary, without the JSON line (that is in the results file).
+        grep -v '^{' "$log" | grep -v '^READY' | sed 's/^/    /' >&2
+        # Time for the connections just closed to be gone from the proxy.
+        sleep 0.3
+        others=$(grep -o '"others_cores":[0-9.]*' "$log" | cut -d: -f2)
+        if ((rc == 0 && RETRIES > 0 && tries < 2)) && [[ -n "$others" ]] &&
+            awk -v x="$others" 'BEGIN { exit !(x > 0.10) }'; then
+            RETRIES=$((RETRIES - 1))
+            tries=$((tries + 1))
+            ((tries == 1)) && RETRIED+=("$target/$scenario")
+            echo "    (other processes were busy: running it again in 3 s)" >&2
+            sleep 3
+            continue
+        fi
+        break
+    done
+    if ((rc != 0)); then
+        FAILURES+=("$target/$scenario: loadgen exited with $rc (see the summary above)")
+    fi
+}
+
+# The scenarios in table order, for one target already listening.
+run_scenarios() {
+    local t=$1
+    # A short warm-up, not recorded, so that the memory baseline below is that of a
+    # proxy that has served traffic, not of one fresh from start.
+    "${CLIENT_PIN[@]}" "$LOADGEN" handshakes --target "127.0.0.1:$PROXY_PORT" \
+        --concurrency 4 --warmup 0 --duration 0.3 >/dev/null 2>&1
+    sleep 0.3
+
+    # Idle first: after the heavy scenarios, allocator caches would hide the cost.
+    run_load "$t" idle idle --connections "$IDLE_N" --settle-ms "$SETTLE_MS"
+    alive "$t" || return
+    run_load "$t" ws64-w8 throughput --connections 100 --window 8 --size 64 \
+        --warmup "$WARMUP" --duration "$DURATION"
+    alive "$t" || return
+    run_load "$t" ws64-w128 throughput --connections 100 --window 128 --size 64 \
+        --warmup "$WARMUP" --duration "$DURATION"
+    alive "$t" || return
+    run_load "$t" ws64k-w4 throughput --connections 10 --window 4 --size 65536 \
+        --warmup "$WARMUP" --duration "$DURATION"
+    alive "$t" || return
+    run_load "$t" pingpong pingpong --size 64 --warmup "$WARMUP" --duration "$DURATION"
+    alive "$t" || return
+    run_load "$t" handshakes handshakes --concurrency 50 --warmup "$WARMUP" --duration "$DURATION"
+    alive "$t" || return
+    run_load "$t" http http --connections 50 --body-len "$HTTP_BODY" \
+        --warmup "$WARMUP" --duration "$DURATION"
+    alive "$t" || return
+}
+
+# Whether the proxy (and the backend) still run; a crash is reported with its log.
+alive() {
+    local t=$1
+    if [[ -n "$PROXY_PID" ]] && ! kill -0 "$PROXY_PID" 2>/dev/null; then
+        FAILURES+=("$t: the proxy exited during the run; the rest of its scenarios were skipped")
+        echo "    $t exited! last lines of $(proxy_log "$t"):" >&2
+        tail -n 20 "$(proxy_log "$t")" 2>/dev/null | sed 's/^/      /' >&2
+        return 1
+    fi
+    if ! kill -0 "$BACKEND_PID" 2>/dev/null; then
+        FAILURES+=("$t: the echo backend exited during the run")
+        return 1
+    fi
+    return 0
+}
+
+VERSIONS=()
+for t in $TARGETS; do
+    say "$t"
+    read -r BACKEND_PORT PROXY_PORT < <("$LOADGEN" free-ports 2 | tr '\n' ' ')
+    [[ -n "${PROXY_PORT:-}" ]] || die "no free ports"
+    # A fresh backend per target, so that none inherits another's state.
+    start_bg "$WORK/backend-$t.log" "${CLIENT_PIN[@]}" "$BACKEND" \
+        --listen "127.0.0.1:$BACKEND_PORT" --body-len "$HTTP_BODY"
+    BACKEND_PID=$LAST_PID
+    wait_port "$BACKEND_PORT" "$BACKEND_PID" || die "the echo backend did not start"
+
+    PROXY_MAIN=""
+    PROXY_PID=""
+    if "start_$t"; then
+        [[ "$t" != direct ]] && VERSIONS+=("$(version_of "$t")")
+        run_scenarios "$t"
+    else
+        FAILURES+=("$t: did not start; last lines of its log:")
+        echo "    $t did not start:" >&2
+        tail -n 20 "$(proxy_log "$t")" 2>/dev/null | sed 's/^/      /' >&2
+    fi
+    # For nginx this is the master; stopping it stops the worker too.
+    [[ -n "$PROXY_MAIN" ]] && stop_pid "$PROXY_MAIN"
+    stop_pid "$BACKEND_PID"
+done
+
+# ---- The table ----
+ELAPSED=$(($(date +%s) - T0))
+NOTES=()
+if ((IDLE_CAPPED)); then
+    NOTES+=("Idle tunnels: $IDLE_N, not $IDLE_WANTED: a proxy holds two descriptors per tunnel and the hard open-file limit here is $NOFILE (ulimit -Hn), so N is capped at (limit − 200) / 2.")
+else
+    NOTES+=("Idle tunnels: $IDLE_N per target; KiB/tunnel is the growth of the proxy's resident memory (VmRSS) with all of them open, divided by their number.")
+fi
+NOTES+=("$PIN_NOTE Each rate: ${WARMUP} s warm-up, then ${DURATION} s measured; $( ((QUICK)) && echo quick || echo full) run, ${ELAPSED} s in all.")
+if ((${#RETRIED[@]})); then
+    NOTES+=("Run again because other processes were busy: ${RETRIED[*]}.")
+fi
+if ((${#VERSIONS[@]})); then
+    joined=$(
+        IFS=,
+        echo "${VERSIONS[*]}"
+    )
+    NOTES+=("Versions: ${joined//,/, }.")
+fi
+read -r -a COLUMNS <<<"$TARGETS"
+say "results"
+"$LOADGEN" report --results "$RESULTS" --targets "$(
+    IFS=,
+    echo "${COLUMNS[*]}"
+)" "${NOTES[@]/#/--note=}" | tee "$TABLE"
+echo
+echo "Raw results: $RESULTS"
+echo "Table:       $TABLE"
+if ((${#FAILURES[@]})); then
+    echo
+    echo "Problems:"
+    printf '  - %s\n' "${FAILURES[@]}"
+    exit 1
+fi

@@ -1,0 +1,328 @@
+//! The `report` command: one markdown table from a file of JSON result lines.
+//!
+//! Rows are the scenarios in the order they first appear, each with the numbers
+//! that matter for its mode; columns are the targets, then the subject divided by
+//! the best of its peers, then warnings: the proxy's core was not the one that ran
+//! out, or other work on the machine took a noticeable share of a core.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::Value;
+
+/// Which way a row improves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+/// One row of the table, derived from one scenario.
+struct Row {
+    scenario: String,
+    label: String,
+    value: fn(&Value) -> Option<f64>,
+    better: Better,
+    decimals: usize,
+    /// Whether the proxy should have saturated its core in this row's scenario.
+    saturating: bool,
+    /// The row that carries the scenario's error count.
+    first: bool,
+}
+
+pub struct Options<'a> {
+    pub results: &'a Path,
+    pub targets: Vec<String>,
+    pub subject: String,
+    pub peers: Vec<String>,
+    /// Below this share of busy time the proxy's core was not the limit.
+    pub busy_threshold: f64,
+    /// Above this share of a core used by other processes a result is noisy.
+    pub noise_threshold: f64,
+    pub notes: Vec<String>,
+}
+
+pub fn render(o: &Options<'_>) -> Result<String, String> {
+    let text = std::fs::read_to_string(o.results)
+        .map_err(|e| format!("cannot read {}: {e}", o.results.display()))?;
+    // The last record wins when a scenario ran twice against the same target.
+    let mut records: HashMap<(String, String), Value> = HashMap::new();
+    let mut scenarios: Vec<(String, String, String)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line)
+            .map_err(|e| format!("{}:{}: {e}", o.results.display(), i + 1))?;
+        let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        let (scenario, target) = (field("scenario"), field("target"));
+        if !scenarios.iter().any(|(s, _, _)| *s == scenario) {
+            scenarios.push((scenario.clone(), field("title"), field("mode")));
+        }
+        records.insert((scenario, target), v);
+    }
+
+    let rows: Vec<Row> = scenarios
+        .iter()
+        .flat_map(|(s, title, mode)| rows_for(s, title, mode))
+        .collect();
+
+    let mut out = String::new();
+    let _ = write!(out, "| Scenario |");
+    for t in &o.targets {
+        let _ = write!(out, " {t} |");
+    }
+    let _ = writeln!(out, " {} ÷ best peer | Warnings |", o.subject);
+    let _ = write!(out, "|---|");
+    for _ in &o.targets {
+        let _ = write!(out, "---:|");
+    }
+    let _ = writeln!(out, "---:|---|");
+
+    for row in &rows {
+        let get = |t: &str| records.get(&(row.scenario.clone(), t.to_owned()));
+        let _ = write!(out, "| {} |", row.label);
+        for t in &o.targets {
+            let cell = match get(t) {
+                None => "not run".to_owned(),
+                Some(r) => {
+                    let mut c = match (row.value)(r) {
+                        Some(x) => number(x, row.decimals),
+                        None => "—".to_owned(),
+                    };
+                    if !warnings(row, r, o).is_empty() {
+                        c.push_str(" ⚠");
+                    }
+                    let errors = r.get("errors_total").and_then(Value::as_u64).unwrap_or(0);
+                    if row.first && errors > 0 {
+                        let _ = write!(c, " ({errors} err)");
+                    }
+                    c
+                }
+            };
+            let _ = write!(out, " {cell} |");
+        }
+        let _ = write!(out, " {} |", ratio(row, &get, &o.subject, &o.peers));
+        let warn = o
+            .targets
+            .iter()
+            .filter_map(|t| {
+                let w = warnings(row, get(t)?, o);
+                (!w.is_empty()).then(|| format!("{t}: {}", w.join(", ")))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let _ = writeln!(out, " {warn} |");
+    }
+
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "↑ higher is better, ↓ lower is better. \"{} ÷ best peer\" divides {} by the best of {} on that row: above 1 is better on ↑ rows, below 1 is better on ↓ rows.",
+        o.subject,
+        o.subject,
+        o.peers.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "CPU µs/op is the proxy process's own user+system time over the measured interval divided by the operations in it (each echoed message counted once). ⚠ marks a cell with a warning: \"core N% busy\" means the proxy's core was under {:.0}% busy, so the client and backend core set the rate, not the proxy; \"other processes used N% of a core\" means processes outside the benchmark (not the kernel's network work) used more than {:.0}% of a core during the measurement, so the cell is noisy.",
+        o.busy_threshold * 100.0,
+        o.noise_threshold * 100.0
+    );
+    for n in &o.notes {
+        let _ = writeln!(out, "{n}");
+    }
+    Ok(out)
+}
+
+fn rows_for(scenario: &str, title: &str, mode: &str) -> Vec<Row> {
+    let row = |label: &str, value: fn(&Value) -> Option<f64>, better, decimals, saturating| Row {
+        scenario: scenario.to_owned(),
+        label: format!(
+            "{title}: {label} {}",
+            if better == Better::Higher {
+                "↑"
+            } else {
+                "↓"
+            }
+        ),
+        value,
+        better,
+        decimals,
+        saturating,
+        first: false,
+    };
+    let rate = |r: &Value| num(r, &["rate"]);
+    let cpu = |r: &Value| num(r, &["cpu_us_per_op"]);
+    let mut rows = match mode {
+        "throughput" => vec![
+            row("msg/s", rate, Better::Higher, 0, true),
+            row("proxy CPU µs/msg", cpu, Better::Lower, 2, false),
+        ],
+        "pingpong" => vec![
+            row(
+                "p50 µs",
+                |r| num(r, &["latency_us", "p50"]),
+                Better::Lower,
+                1,
+                false,
+            ),
+            row(
+                "p99 µs",
+                |r| num(r, &["latency_us", "p99"]),
+                Better::Lower,
+                1,
+                false,
+            ),
+            row(
+                "p99.9 µs",
+                |r| num(r, &["latency_us", "p999"]),
+                Better::Lower,
+                1,
+                false,
+            ),
+            row("proxy CPU µs/msg", cpu, Better::Lower, 2, false),
+        ],
+        "handshakes" => vec![
+            row("handshakes/s", rate, Better::Higher, 0, true),
+            row("proxy CPU µs/handshake", cpu, Better::Lower, 1, false),
+        ],
+        "http" => vec![
+            row("req/s", rate, Better::Higher, 0, true),
+            row("proxy CPU µs/req", cpu, Better::Lower, 2, false),
+        ],
+        "idle" => vec![row(
+            "proxy KiB/tunnel",
+            |r| num(r, &["kib_per_tunnel"]),
+            Better::Lower,
+            2,
+            false,
+        )],
+        _ => vec![row("rate", rate, Better::Higher, 0, false)],
+    };
+    if let Some(r) = rows.first_mut() {
+        r.first = true;
+    }
+    rows
+}
+
+fn num(v: &Value, path: &[&str]) -> Option<f64> {
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_f64()
+}
+
+/// What is wrong with one cell's measurement, if anything: the proxy's core was not
+/// saturated (on rows where it should be), or other processes took a share of a core
+/// (said once per scenario, on its first row).
+fn warnings(row: &Row, r: &Value, o: &Options<'_>) -> Vec<String> {
+    let mut w = Vec::new();
+    let has_proxy = r.get("has_proxy").and_then(Value::as_bool) == Some(true);
+    if row.saturating
+        && has_proxy
+        && let Some(b) = num(r, &["proxy_core_busy"]).filter(|&b| b < o.busy_threshold)
+    {
+        // Rounded down: just under the threshold must not read as the threshold.
+        w.push(format!("core {:.0}% busy", (b * 100.0).floor()));
+    }
+    if row.first
+        && let Some(x) = num(r, &["others_cores"]).filter(|&x| x > o.noise_threshold)
+    {
+        let who = r
+            .get("busiest_other")
+            .and_then(Value::as_str)
+            .map_or(String::new(), |n| format!(" (mostly {n})"));
+        w.push(format!(
+            "other processes used {:.0}% of a core{who}",
+            x * 100.0
+        ));
+    }
+    w
+}
+
+fn ratio<'a>(
+    row: &Row,
+    get: &dyn Fn(&str) -> Option<&'a Value>,
+    subject: &str,
+    peers: &[String],
+) -> String {
+    let Some(mine) = get(subject).and_then(row.value) else {
+        return "—".to_owned();
+    };
+    let best = peers
+        .iter()
+        .filter_map(|p| Some((p, get(p).and_then(row.value)?)))
+        .filter(|(_, x)| *x > 0.0)
+        .reduce(|a, b| match row.better {
+            Better::Higher if b.1 > a.1 => b,
+            Better::Lower if b.1 < a.1 => b,
+            _ => a,
+        });
+    match best {
+        Some((p, x)) => format!("{:.2}× (vs {p})", mine / x),
+        None => "—".to_owned(),
+    }
+}
+
+/// A number with thousands separators for whole numbers, fixed decimals otherwise.
+fn number(x: f64, decimals: usize) -> String {
+    if decimals > 0 {
+        return format!("{x:.decimals$}");
+    }
+    let s = format!("{:.0}", x.abs());
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if x < 0.0 {
+        out.insert(0, '-');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_numbers() {
+        assert_eq!(number(1234567.4, 0), "1,234,567");
+        assert_eq!(number(999.0, 0), "999");
+        assert_eq!(number(1.23456, 2), "1.23");
+    }
+
+    #[test]
+    fn renders_a_table() {
+        let dir = std::env::temp_dir().join(format!("loadgen-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r.jsonl");
+        let line = |t: &str, rate: f64, busy: f64| {
+            format!(
+                r#"{{"scenario":"a","title":"A","mode":"throughput","target":"{t}","rate":{rate},"cpu_us_per_op":1.5,"proxy_core_busy":{busy},"has_proxy":true,"errors_total":0}}"#
+            )
+        };
+        let text = [
+            line("sluice", 200.0, 0.99),
+            line("nginx", 100.0, 0.5),
+            line("caddy", 150.0, 0.99),
+        ]
+        .join("\n");
+        std::fs::write(&path, text).unwrap();
+        let table = render(&Options {
+            results: &path,
+            targets: vec!["sluice".into(), "nginx".into(), "caddy".into()],
+            subject: "sluice".into(),
+            peers: vec!["nginx".into(), "caddy".into()],
+            busy_threshold: 0.9,
+            noise_threshold: 0.05,
+            notes: vec![],
+        })
+        .unwrap();
+        assert!(table.contains(
+            "| A: msg/s ↑ | 200 | 100 ⚠ | 150 | 1.33× (vs caddy) | nginx: core 50% busy |"
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
