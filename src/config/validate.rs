@@ -191,17 +191,21 @@ impl Validator<'_> {
         let d = Tcp::default();
         Tcp {
             keepalive: self.duration_or_off(&t.keepalive, "tcp.keepalive", d.keepalive),
-            keepalive_interval: self.duration(
-                &t.keepalive_interval,
-                "tcp.keepalive_interval",
-                d.keepalive_interval,
-                false,
-            ),
+            keepalive_interval: match &t.keepalive_interval {
+                Some(_) => Some(self.duration(
+                    &t.keepalive_interval,
+                    "tcp.keepalive_interval",
+                    Duration::ZERO,
+                    false,
+                )),
+                None => d.keepalive_interval,
+            },
             keepalive_probes: t
                 .keepalive_probes
                 .as_ref()
                 .and_then(|n| self.int_in(n, "tcp.keepalive_probes", 1, 100))
-                .map_or(d.keepalive_probes, |n| n as u32),
+                .map(|n| n as u32)
+                .or(d.keepalive_probes),
             user_timeout: self.duration_or_off(&t.user_timeout, "tcp.user_timeout", d.user_timeout),
         }
     }

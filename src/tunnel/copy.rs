@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -20,20 +21,22 @@ thread_local! {
 }
 
 /// Both legs as async streams, with one pump per direction.
-pub(super) struct Copy<C, U> {
-    pub(super) client: C,
-    pub(super) upstream: U,
+pub struct Copy<C, U> {
+    client: C,
+    upstream: U,
     up: Pump,
     down: Pump,
 }
 
 impl<C, U> Copy<C, U> {
-    pub(super) fn new(client: C, upstream: U) -> Self {
+    /// `to_upstream` and `to_client` are bytes already read from the other side,
+    /// written before anything else.
+    pub(super) fn new(client: C, upstream: U, to_upstream: Bytes, to_client: Bytes) -> Self {
         Copy {
             client,
             upstream,
-            up: Pump::default(),
-            down: Pump::default(),
+            up: Pump::with_early(&to_upstream),
+            down: Pump::with_early(&to_client),
         }
     }
 }
@@ -92,6 +95,13 @@ pub(super) struct Pump {
 }
 
 impl Pump {
+    fn with_early(early: &[u8]) -> Pump {
+        Pump {
+            pending: early.to_vec(),
+            ..Pump::default()
+        }
+    }
+
     /// Moves bytes until the reader or writer would block (`Pending`), the direction
     /// is finished (`Ready(Ok)`), or a side fails (`Ready(Err)`).
     pub(super) fn poll<R, W>(

@@ -15,6 +15,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use prometheus::IntCounter;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -98,8 +99,30 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
+/// After a transfer of `done` bytes out of `asked`: a short one means the socket has
+/// nothing more to read (or no room to write) right now, so readiness is cleared here
+/// by answering `WouldBlock` to tokio, sparing the system call that would only find
+/// that out. Edge-triggered epoll reports the next change.
+fn short(done: usize, asked: usize) -> io::Result<()> {
+    if done < asked {
+        Err(io::ErrorKind::WouldBlock.into())
+    } else {
+        Ok(())
+    }
+}
+
+/// Early bytes are a view of hyper's whole read buffer (8 KiB or more): keep them only
+/// when there are some, and then only them.
+fn own(early: Bytes) -> Bytes {
+    if early.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&early)
+    }
+}
+
 /// Both legs as plain sockets, with one splicing pump per direction.
-pub(crate) struct Sockets {
+pub struct Sockets {
     client: TcpStream,
     upstream: TcpStream,
     up: Pump,
@@ -107,12 +130,25 @@ pub(crate) struct Sockets {
 }
 
 impl Sockets {
-    pub(crate) fn new(client: TcpStream, upstream: TcpStream) -> Self {
+    /// `to_upstream` and `to_client` are bytes already read from the other side,
+    /// written before anything is spliced.
+    pub(crate) fn new(
+        client: TcpStream,
+        upstream: TcpStream,
+        to_upstream: Bytes,
+        to_client: Bytes,
+    ) -> Self {
         Sockets {
             client,
             upstream,
-            up: Pump::default(),
-            down: Pump::default(),
+            up: Pump {
+                early: own(to_upstream),
+                ..Pump::default()
+            },
+            down: Pump {
+                early: own(to_client),
+                ..Pump::default()
+            },
         }
     }
 }
@@ -126,12 +162,16 @@ impl Transfer for Sockets {
         moved: &mut bool,
     ) -> Poll<Result<(), Side>> {
         match dir {
-            Dir::Up => self
-                .up
-                .poll(cx, &self.client, &self.upstream, counter, moved),
-            Dir::Down => self
-                .down
-                .poll(cx, &self.upstream, &self.client, counter, moved),
+            Dir::Up => {
+                let other_done = self.down.done;
+                self.up
+                    .poll(cx, &self.client, &self.upstream, counter, moved, other_done)
+            }
+            Dir::Down => {
+                let other_done = self.up.done;
+                self.down
+                    .poll(cx, &self.upstream, &self.client, counter, moved, other_done)
+            }
         }
     }
 
@@ -153,6 +193,8 @@ impl Transfer for Sockets {
 /// One direction: socket -> pipe -> socket.
 #[derive(Default)]
 struct Pump {
+    /// Bytes read before the splice began, written first.
+    early: Bytes,
     /// Borrowed while it holds bytes.
     pipe: Option<Pipe>,
     /// Bytes in the pipe, not yet spliced out.
@@ -170,9 +212,25 @@ impl Pump {
         dst: &TcpStream,
         counter: &IntCounter,
         moved: &mut bool,
+        other_done: bool,
     ) -> Poll<Result<(), Side>> {
         if self.done {
             return Poll::Ready(Ok(()));
+        }
+        while !self.early.is_empty() {
+            ready!(dst.poll_write_ready(cx)).map_err(|_| Side::Writer)?;
+            match dst.try_write(&self.early) {
+                Ok(n) => {
+                    let _ = self.early.split_to(n);
+                    if self.early.is_empty() {
+                        // Let go of the buffer it was a view of.
+                        self.early = Bytes::new();
+                    }
+                    *moved = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(Err(Side::Writer)),
+            }
         }
         loop {
             // Drain the pipe before reading more: at most one pipe's worth is ever
@@ -182,14 +240,18 @@ impl Pump {
                 let Some(pipe) = &self.pipe else {
                     return Poll::Ready(Err(Side::Writer));
                 };
+                let want = self.in_pipe;
+                let mut sent = 0;
                 let out = dst.try_io(Interest::WRITABLE, || {
-                    splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), self.in_pipe)
+                    sent = splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), want)?;
+                    short(sent, want)
                 });
                 match out {
-                    Ok(n) if n > 0 => self.in_pipe -= n,
-                    Ok(_) => return Poll::Ready(Err(Side::Writer)),
-                    // Readiness was cleared; the next poll_write_ready waits.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Ok(()) if sent > 0 => self.in_pipe -= sent,
+                    Ok(()) => return Poll::Ready(Err(Side::Writer)),
+                    // A short write cleared readiness (see `short`), and so did a real
+                    // WouldBlock; the next poll_write_ready waits either way.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.in_pipe -= sent,
                     Err(_) => return Poll::Ready(Err(Side::Writer)),
                 }
             }
@@ -198,28 +260,35 @@ impl Pump {
             }
 
             if self.eof {
-                // The peer may already be gone; the other direction decides the end.
-                let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+                // Pass the end of stream on. When the other way is already done the
+                // tunnel is about to close both sockets, which sends the FIN anyway.
+                // (The peer may already be gone; the other direction decides the end.)
+                if !other_done {
+                    let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+                }
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
 
             ready!(src.poll_read_ready(cx)).map_err(|_| Side::Reader)?;
             let pipe = Pipe::borrow().map_err(|_| Side::Reader)?;
+            let mut n = 0;
             let got = src.try_io(Interest::READABLE, || {
-                splice(src.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)
+                n = splice(src.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)?;
+                if n == 0 { Ok(()) } else { short(n, CHUNK) }
             });
             match got {
-                Ok(0) => {
-                    self.eof = true;
-                    pipe.give_back();
-                }
-                Ok(n) => {
+                // Bytes, whether or not the read was short enough to clear readiness.
+                Ok(()) | Err(_) if n > 0 => {
                     self.in_pipe = n;
                     self.pipe = Some(pipe);
                     self.total += n as u64;
                     counter.inc_by(n as u64);
                     *moved = true;
+                }
+                Ok(()) => {
+                    self.eof = true;
+                    pipe.give_back();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => pipe.give_back(),
                 Err(_) => {
@@ -238,7 +307,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    use super::super::{Counters, End, Timers, run_sockets};
+    use super::super::{Counters, End, Stops, Timers, Tunnel};
     use super::*;
 
     /// A connected pair of sockets.
@@ -247,6 +316,22 @@ mod tests {
         let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (b, _) = l.accept().await.unwrap();
         (a, b)
+    }
+
+    fn tunnel(client: TcpStream, upstream: TcpStream, timers: Timers) -> Tunnel<Sockets> {
+        let drain = tokio_util::sync::CancellationToken::new();
+        let stops = Stops {
+            token: drain.child_token(),
+            drain,
+            spread: Duration::from_secs(1),
+            lifetime: None,
+        };
+        Tunnel::new(
+            Sockets::new(client, upstream, Bytes::new(), Bytes::new()),
+            timers,
+            counters(),
+            stops,
+        )
     }
 
     fn counters() -> Counters {
@@ -264,13 +349,7 @@ mod tests {
             idle: Duration::from_secs(60),
             half_closed: Duration::from_secs(60),
         };
-        let task = tokio::spawn(run_sockets(
-            client_side,
-            upstream_side,
-            timers,
-            counters(),
-            std::future::pending::<End>(),
-        ));
+        let task = tokio::spawn(tunnel(client_side, upstream_side, timers));
 
         let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let expected = big.clone();
@@ -302,13 +381,7 @@ mod tests {
             idle: Duration::from_secs(60),
             half_closed: Duration::from_secs(60),
         };
-        let task = tokio::spawn(run_sockets(
-            client_side,
-            upstream_side,
-            timers,
-            counters(),
-            std::future::pending::<End>(),
-        ));
+        let task = tokio::spawn(tunnel(client_side, upstream_side, timers));
         socket2::SockRef::from(&upstream)
             .set_linger(Some(Duration::ZERO))
             .unwrap();

@@ -51,7 +51,9 @@ pub struct Server {
     load: AtomicU64,
     health: Health,
     up: IntGauge,
-    retired: CancellationToken,
+    /// Cancelled when the server leaves the configuration, or when shutdown's drain
+    /// ends (it is a child of shutdown's token): either way its tunnels must end.
+    ending: CancellationToken,
 }
 
 struct Idle {
@@ -70,7 +72,12 @@ struct Health {
 }
 
 impl Server {
-    pub fn new(spec: &ServerAddr, keepalive: usize, up: IntGauge) -> Server {
+    pub fn new(
+        spec: &ServerAddr,
+        keepalive: usize,
+        up: IntGauge,
+        stop: &CancellationToken,
+    ) -> Server {
         up.set(1);
         Server {
             name: spec.name.as_str().into(),
@@ -85,7 +92,7 @@ impl Server {
             load: AtomicU64::new(0),
             health: Health::default(),
             up,
-            retired: CancellationToken::new(),
+            ending: stop.child_token(),
         }
     }
 
@@ -206,14 +213,15 @@ impl Server {
 
     /// Marks the server removed from the configuration: its tunnels drain.
     pub fn retire(&self) {
-        self.retired.cancel();
+        self.ending.cancel();
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.up.set(0);
     }
 
-    /// Resolves when the server has been retired.
-    pub async fn retired(&self) {
-        self.retired.cancelled().await
+    /// The token its tunnels watch: cancelled when the server is removed or the
+    /// gateway's drain ends.
+    pub fn ending(&self) -> CancellationToken {
+        self.ending.clone()
     }
 
     // ---- pool ----
@@ -232,7 +240,7 @@ impl Server {
 
     pub(super) fn put_idle(&self, sender: SendRequest<RequestBody>) {
         let keepalive = self.keepalive.load(Ordering::Relaxed);
-        if sender.is_closed() || keepalive == 0 || self.retired.is_cancelled() {
+        if sender.is_closed() || keepalive == 0 || self.ending.is_cancelled() {
             return;
         }
         let now = Instant::now();
@@ -281,7 +289,12 @@ mod tests {
             resolve: false,
             weight: 1,
         };
-        Arc::new(Server::new(&spec, 4, IntGauge::new("up", "up").unwrap()))
+        Arc::new(Server::new(
+            &spec,
+            4,
+            IntGauge::new("up", "up").unwrap(),
+            &CancellationToken::new(),
+        ))
     }
 
     #[test]
