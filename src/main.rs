@@ -22,6 +22,10 @@ struct Args {
     check: bool,
 }
 
+// The system allocator, chosen by measurement (benches/compare.sh idle scenario, and
+// the handshake and HTTP scenarios): mimalloc 0.1.52 held 2.71 KiB per idle tunnel
+// against glibc's 2.79, with a 6 MiB larger baseline, and no CPU difference above the
+// machine's noise (handshakes 140-170 µs either way); not worth a C dependency.
 fn main() -> ExitCode {
     let args = Args::parse();
     let settings = match config::load(&args.config) {
