@@ -66,7 +66,9 @@ impl Entry {
             bytes_in,
             bytes_out,
             end,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            // Whole microseconds, so that the figure prints short (5.538, not
+            // 5.538012999999999).
+            duration_ms = self.started.elapsed().as_micros() as f64 / 1000.0,
         );
     }
 }
