@@ -215,6 +215,15 @@ pub trait Transfer: Unpin {
     fn eof(&self, dir: Dir) -> bool;
     /// Bytes moved that way so far.
     fn total(&self, dir: Dir) -> u64;
+
+    /// The tunnel's report, ending for `end` with what moved so far.
+    fn report(&self, end: End) -> Report {
+        Report {
+            end,
+            client_to_upstream: self.total(Dir::Up),
+            upstream_to_client: self.total(Dir::Down),
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -277,12 +286,7 @@ impl<T: Transfer> Future for Tunnel<T> {
         if !*this.stopped && this.stop.as_mut().poll(cx).is_ready() {
             *this.stopped = true;
             if this.drain.is_cancelled() {
-                let end = End::Drain;
-                return Poll::Ready(Report {
-                    end,
-                    client_to_upstream: this.transfer.total(Dir::Up),
-                    upstream_to_client: this.transfer.total(Dir::Down),
-                });
+                return Poll::Ready(this.transfer.report(End::Drain));
             }
             // The server was removed: close at a random moment within the spread.
             let at = Instant::now() + this.spread.mul_f64(fastrand::f64());
@@ -319,11 +323,7 @@ impl<T: Transfer> Future for Tunnel<T> {
                 Poll::Ready(Err(Side::Writer)) => failed[1],
                 Poll::Pending => continue,
             };
-            return Poll::Ready(Report {
-                end,
-                client_to_upstream: this.transfer.total(Dir::Up),
-                upstream_to_client: this.transfer.total(Dir::Down),
-            });
+            return Poll::Ready(this.transfer.report(end));
         }
         if this.first_eof.is_none() && (this.transfer.eof(Dir::Up) || this.transfer.eof(Dir::Down))
         {
@@ -339,11 +339,7 @@ impl<T: Transfer> Future for Tunnel<T> {
         }
         if *this.done == [true, true] {
             let end = this.first_eof.unwrap_or(End::ClientClosed);
-            return Poll::Ready(Report {
-                end,
-                client_to_upstream: this.transfer.total(Dir::Up),
-                upstream_to_client: this.transfer.total(Dir::Down),
-            });
+            return Poll::Ready(this.transfer.report(end));
         }
         if moved {
             *this.last_activity = Instant::now();
@@ -353,19 +349,11 @@ impl<T: Transfer> Future for Tunnel<T> {
             if let Some((at, end)) = *this.hard
                 && at <= now
             {
-                return Poll::Ready(Report {
-                    end,
-                    client_to_upstream: this.transfer.total(Dir::Up),
-                    upstream_to_client: this.transfer.total(Dir::Down),
-                });
+                return Poll::Ready(this.transfer.report(end));
             }
             let idle_at = *this.last_activity + *this.limit;
             if idle_at <= now {
-                return Poll::Ready(Report {
-                    end: End::Idle,
-                    client_to_upstream: this.transfer.total(Dir::Up),
-                    upstream_to_client: this.transfer.total(Dir::Down),
-                });
+                return Poll::Ready(this.transfer.report(End::Idle));
             }
             let next = this.hard.map_or(idle_at, |(h, _)| idle_at.min(h));
             this.timer.as_mut().reset(next);

@@ -153,18 +153,26 @@ async fn reuse_port_lets_a_second_gateway_bind_the_same_address() {
 
 #[tokio::test]
 async fn keepalive_and_user_timeout_are_set_on_sockets() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
     let tcp = sluice::config::Tcp {
         keepalive: Some(Duration::from_secs(42)),
         keepalive_interval: Some(Duration::from_secs(7)),
         keepalive_probes: Some(4),
         user_timeout: Some(Duration::from_secs(9)),
     };
-    sluice::server::set_tcp_options(&stream, &tcp).unwrap();
-    let sock = socket2::SockRef::from(&stream);
+    // Client legs: set once on the listener, inherited by every accepted connection.
+    let listener = sluice::server::bind_with("127.0.0.1:0".parse().unwrap(), false, &tcp).unwrap();
+    let upstream_leg = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (client_leg, _) = listener.accept().await.unwrap();
+    assert_tcp_options(&client_leg);
+    // Upstream legs: set on each connected socket.
+    sluice::server::set_tcp_options(&upstream_leg, &tcp).unwrap();
+    assert_tcp_options(&upstream_leg);
+}
+
+fn assert_tcp_options(stream: &tokio::net::TcpStream) {
+    let sock = socket2::SockRef::from(stream);
     assert!(sock.keepalive().unwrap());
     assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
     assert_eq!(
