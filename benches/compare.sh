@@ -6,6 +6,7 @@
 #   benches/compare.sh --quick    shorter run, fewer idle tunnels (under 3 minutes)
 #
 # Options: --targets "direct sluice nginx haproxy caddy" (a subset, in order),
+#          --rounds N (rounds of the rate scenarios; 3 in a full run, 1 quick),
 #          --keep (keep the work directory with configs and logs), --help.
 #
 # It installs what is missing (nginx, haproxy, caddy from the distribution; the
@@ -14,6 +15,11 @@
 # to CPU 0 with the load generator and the echo backend on CPU 1, runs the
 # scenarios, and prints one markdown table. Every process it starts is stopped on
 # exit, Ctrl-C included.
+#
+# On a virtual machine the same figure moves by 10 to 20 % from one minute to the
+# next, so a full run measures the rate scenarios in rounds: every target in turn,
+# restarted each round, in a different order each round, and the table shows each
+# cell's median over the rounds. Idle tunnels are measured once, in the first round.
 
 set -uo pipefail
 
@@ -23,11 +29,20 @@ usage() {
 
 QUICK=0
 KEEP=0
+ROUNDS=""
 TARGETS="direct sluice nginx haproxy caddy"
 while (($#)); do
     case "$1" in
     --quick) QUICK=1 ;;
     --keep) KEEP=1 ;;
+    --rounds)
+        shift
+        ROUNDS="${1:-}"
+        [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || {
+            echo "compare.sh: --rounds needs a whole number from 1" >&2
+            exit 2
+        }
+        ;;
     --targets)
         shift
         TARGETS="${1:-}"
@@ -69,11 +84,13 @@ if ((QUICK)); then
     DURATION=1.5
     IDLE_WANTED=2000
     SETTLE_MS=500
+    : "${ROUNDS:=1}"
 else
     WARMUP=1
-    DURATION=5
+    DURATION=3
     IDLE_WANTED=10000
     SETTLE_MS=1000
+    : "${ROUNDS:=3}"
 fi
 HTTP_BODY=128
 
@@ -477,12 +494,12 @@ version_of() {
 # ---- Running the scenarios ----
 FAILURES=()
 RETRIED=()
-if ((QUICK)); then RETRIES=4; else RETRIES=8; fi
+if ((QUICK)); then RETRIES=4; else RETRIES=$((8 * ROUNDS)); fi
 
 # run_load TARGET SCENARIO MODE [loadgen args...]: one loadgen run, its summary shown.
 # A run during which other processes on the machine took more than a tenth of a core
 # is run again after a pause, at most twice and within a budget for the whole run;
-# the report keeps the last attempt.
+# the results keep the last attempt.
 run_load() {
     local target=$1 scenario=$2 mode=$3
     shift 3
@@ -495,9 +512,12 @@ run_load() {
         probe+=(--client-pid "$PROXY_MAIN")
     fi
     local log="$WORK/loadgen-$target-$scenario.log" pid rc others tries=0
+    # Each attempt writes its record apart; only the one kept joins the results.
+    local attempt="$WORK/attempt.jsonl"
     while :; do
+        : >"$attempt"
         start_bg "$log" "${CLIENT_PIN[@]}" "$LOADGEN" "$mode" --target "127.0.0.1:$PROXY_PORT" \
-            --label "$target" --scenario "$scenario" --json "$RESULTS" \
+            --label "$target" --scenario "$scenario" --json "$attempt" \
             "${probe[@]}" --client-pid "$BACKEND_PID" "${PROBE_CORES[@]}" "$@"
         pid=$LAST_PID
         wait "$pid"
@@ -518,6 +538,7 @@ run_load() {
         fi
         break
     done
+    cat "$attempt" >>"$RESULTS"
     if ((rc != 0)); then
         FAILURES+=("$target/$scenario: loadgen exited with $rc (see the summary above)")
     fi
@@ -525,16 +546,18 @@ run_load() {
 
 # The scenarios in table order, for one target already listening.
 run_scenarios() {
-    local t=$1
-    # A short warm-up, not recorded, so that the memory baseline below is that of a
-    # proxy that has served traffic, not of one fresh from start.
-    "${CLIENT_PIN[@]}" "$LOADGEN" handshakes --target "127.0.0.1:$PROXY_PORT" \
-        --concurrency 4 --warmup 0 --duration 0.3 >/dev/null 2>&1
-    sleep 0.3
+    local t=$1 round=$2
+    if ((round == 1)); then
+        # A short warm-up, not recorded, so that the memory baseline below is that
+        # of a proxy that has served traffic, not of one fresh from start.
+        "${CLIENT_PIN[@]}" "$LOADGEN" handshakes --target "127.0.0.1:$PROXY_PORT" \
+            --concurrency 4 --warmup 0 --duration 0.3 >/dev/null 2>&1
+        sleep 0.3
 
-    # Idle first: after the heavy scenarios, allocator caches would hide the cost.
-    run_load "$t" idle idle --connections "$IDLE_N" --settle-ms "$SETTLE_MS"
-    alive "$t" || return
+        # Idle first: after the heavy scenarios, allocator caches would hide the cost.
+        run_load "$t" idle idle --connections "$IDLE_N" --settle-ms "$SETTLE_MS"
+        alive "$t" || return
+    fi
     run_load "$t" ws64-w8 throughput --connections 100 --window 8 --size 64 \
         --warmup "$WARMUP" --duration "$DURATION"
     alive "$t" || return
@@ -569,30 +592,43 @@ alive() {
     return 0
 }
 
-VERSIONS=()
-for t in $TARGETS; do
-    say "$t"
-    read -r BACKEND_PORT PROXY_PORT < <("$LOADGEN" free-ports 2 | tr '\n' ' ')
-    [[ -n "${PROXY_PORT:-}" ]] || die "no free ports"
-    # A fresh backend per target, so that none inherits another's state.
-    start_bg "$WORK/backend-$t.log" "${CLIENT_PIN[@]}" "$BACKEND" \
-        --listen "127.0.0.1:$BACKEND_PORT" --body-len "$HTTP_BODY"
-    BACKEND_PID=$LAST_PID
-    wait_port "$BACKEND_PORT" "$BACKEND_PID" || die "the echo backend did not start"
+# The targets in round R: the list turned by R - 1, so that no target always runs
+# first, or always right after the same other one.
+round_order() {
+    local round=$1 list
+    read -r -a list <<<"$TARGETS"
+    local n=${#list[@]} i
+    for ((i = 0; i < n; i++)); do
+        printf '%s ' "${list[$(((i + round - 1) % n))]}"
+    done
+}
 
-    PROXY_MAIN=""
-    PROXY_PID=""
-    if "start_$t"; then
-        [[ "$t" != direct ]] && VERSIONS+=("$(version_of "$t")")
-        run_scenarios "$t"
-    else
-        FAILURES+=("$t: did not start; last lines of its log:")
-        echo "    $t did not start:" >&2
-        tail -n 20 "$(proxy_log "$t")" 2>/dev/null | sed 's/^/      /' >&2
-    fi
-    # For nginx this is the master; stopping it stops the worker too.
-    [[ -n "$PROXY_MAIN" ]] && stop_pid "$PROXY_MAIN"
-    stop_pid "$BACKEND_PID"
+VERSIONS=()
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+    for t in $(round_order "$ROUND"); do
+        if ((ROUNDS > 1)); then say "$t (round $ROUND of $ROUNDS)"; else say "$t"; fi
+        read -r BACKEND_PORT PROXY_PORT < <("$LOADGEN" free-ports 2 | tr '\n' ' ')
+        [[ -n "${PROXY_PORT:-}" ]] || die "no free ports"
+        # A fresh backend per target, so that none inherits another's state.
+        start_bg "$WORK/backend-$t.log" "${CLIENT_PIN[@]}" "$BACKEND" \
+            --listen "127.0.0.1:$BACKEND_PORT" --body-len "$HTTP_BODY"
+        BACKEND_PID=$LAST_PID
+        wait_port "$BACKEND_PORT" "$BACKEND_PID" || die "the echo backend did not start"
+
+        PROXY_MAIN=""
+        PROXY_PID=""
+        if "start_$t"; then
+            ((ROUND == 1)) && [[ "$t" != direct ]] && VERSIONS+=("$(version_of "$t")")
+            run_scenarios "$t" "$ROUND"
+        else
+            FAILURES+=("$t: did not start; last lines of its log:")
+            echo "    $t did not start:" >&2
+            tail -n 20 "$(proxy_log "$t")" 2>/dev/null | sed 's/^/      /' >&2
+        fi
+        # For nginx this is the master; stopping it stops the worker too.
+        [[ -n "$PROXY_MAIN" ]] && stop_pid "$PROXY_MAIN"
+        stop_pid "$BACKEND_PID"
+    done
 done
 
 # ---- The table ----
@@ -603,7 +639,12 @@ if ((IDLE_CAPPED)); then
 else
     NOTES+=("Idle tunnels: $IDLE_N per target; KiB/tunnel is the growth of the proxy's resident memory (VmRSS) with all of them open, divided by their number.")
 fi
-NOTES+=("$PIN_NOTE Each rate: ${WARMUP} s warm-up, then ${DURATION} s measured; $( ((QUICK)) && echo quick || echo full) run, ${ELAPSED} s in all.")
+if ((ROUNDS > 1)); then
+    MEASURED="${DURATION} s measured, in $ROUNDS rounds (every target in turn, restarted and in a different order each round); each cell is the median of its rounds"
+else
+    MEASURED="${DURATION} s measured"
+fi
+NOTES+=("$PIN_NOTE Each rate: ${WARMUP} s warm-up, then $MEASURED; $( ((QUICK)) && echo quick || echo full) run, ${ELAPSED} s in all.")
 if ((${#RETRIED[@]})); then
     NOTES+=("Run again because other processes were busy: ${RETRIED[*]}.")
 fi

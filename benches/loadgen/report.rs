@@ -1,7 +1,8 @@
 //! The `report` command: one markdown table from a file of JSON result lines.
 //!
 //! Rows are the scenarios in the order they first appear, each with the numbers
-//! that matter for its mode; columns are the targets, then the subject divided by
+//! that matter for its mode; a cell is the median over the rounds of the run that
+//! measured it; columns are the targets, then the subject divided by
 //! the best of its peers, then warnings: the proxy's core was not the one that ran
 //! out, or other work on the machine took a noticeable share of a core.
 
@@ -46,8 +47,9 @@ pub struct Options<'a> {
 pub fn render(o: &Options<'_>) -> Result<String, String> {
     let text = std::fs::read_to_string(o.results)
         .map_err(|e| format!("cannot read {}: {e}", o.results.display()))?;
-    // The last record wins when a scenario ran twice against the same target.
-    let mut records: HashMap<(String, String), Value> = HashMap::new();
+    // Each round of a run adds one record per scenario and target; a cell is their
+    // median, so that one disturbed round does not decide a ratio.
+    let mut records: HashMap<(String, String), Vec<Value>> = HashMap::new();
     let mut scenarios: Vec<(String, String, String)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -60,7 +62,7 @@ pub fn render(o: &Options<'_>) -> Result<String, String> {
         if !scenarios.iter().any(|(s, _, _)| *s == scenario) {
             scenarios.push((scenario.clone(), field("title"), field("mode")));
         }
-        records.insert((scenario, target), v);
+        records.entry((scenario, target)).or_default().push(v);
     }
 
     let rows: Vec<Row> = scenarios
@@ -81,20 +83,29 @@ pub fn render(o: &Options<'_>) -> Result<String, String> {
     let _ = writeln!(out, "---:|---|");
 
     for row in &rows {
-        let get = |t: &str| records.get(&(row.scenario.clone(), t.to_owned()));
+        let runs = |t: &str| {
+            records
+                .get(&(row.scenario.clone(), t.to_owned()))
+                .map(Vec::as_slice)
+        };
+        let get = |t: &str| runs(t).and_then(|r| median(row, r));
         let _ = write!(out, "| {} |", row.label);
         for t in &o.targets {
-            let cell = match get(t) {
+            let cell = match runs(t) {
                 None => "not run".to_owned(),
-                Some(r) => {
-                    let mut c = match (row.value)(r) {
-                        Some(x) => number(x, row.decimals),
+                Some(all) => {
+                    let mut c = match get(t) {
+                        Some(m) => number(m.value, row.decimals),
                         None => "—".to_owned(),
                     };
-                    if !warnings(row, r, o).is_empty() {
+                    let middle = get(t).map_or(&all[all.len() - 1], |m| m.record);
+                    if !warnings(row, middle, o).is_empty() {
                         c.push_str(" ⚠");
                     }
-                    let errors = r.get("errors_total").and_then(Value::as_u64).unwrap_or(0);
+                    let errors: u64 = all
+                        .iter()
+                        .filter_map(|r| r.get("errors_total").and_then(Value::as_u64))
+                        .sum();
                     if row.first && errors > 0 {
                         let _ = write!(c, " ({errors} err)");
                     }
@@ -103,12 +114,16 @@ pub fn render(o: &Options<'_>) -> Result<String, String> {
             };
             let _ = write!(out, " {cell} |");
         }
-        let _ = write!(out, " {} |", ratio(row, &get, &o.subject, &o.peers));
+        let _ = write!(
+            out,
+            " {} |",
+            ratio(row, &|t| get(t).map(|m| m.value), &o.subject, &o.peers)
+        );
         let warn = o
             .targets
             .iter()
             .filter_map(|t| {
-                let w = warnings(row, get(t)?, o);
+                let w = warnings(row, get(t)?.record, o);
                 (!w.is_empty()).then(|| format!("{t}: {}", w.join(", ")))
             })
             .collect::<Vec<_>>()
@@ -239,18 +254,34 @@ fn warnings(row: &Row, r: &Value, o: &Options<'_>) -> Vec<String> {
     w
 }
 
-fn ratio<'a>(
-    row: &Row,
-    get: &dyn Fn(&str) -> Option<&'a Value>,
-    subject: &str,
-    peers: &[String],
-) -> String {
-    let Some(mine) = get(subject).and_then(row.value) else {
+/// A cell's figure over its rounds, and the round it came from.
+struct Median<'a> {
+    value: f64,
+    /// The round whose figure is the median (the lower middle one of an even
+    /// count), whose warnings the cell shows.
+    record: &'a Value,
+}
+
+/// The median of a row's figure over the rounds that have it. The lower middle one
+/// of an even count rather than a mean of two, so the figure is one that was
+/// measured, with that round's warnings.
+fn median<'a>(row: &Row, runs: &'a [Value]) -> Option<Median<'a>> {
+    let mut figures: Vec<(f64, &Value)> = runs
+        .iter()
+        .filter_map(|r| Some(((row.value)(r)?, r)))
+        .collect();
+    figures.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (value, record) = *figures.get(figures.len().checked_sub(1)? / 2)?;
+    Some(Median { value, record })
+}
+
+fn ratio(row: &Row, get: &dyn Fn(&str) -> Option<f64>, subject: &str, peers: &[String]) -> String {
+    let Some(mine) = get(subject) else {
         return "—".to_owned();
     };
     let best = peers
         .iter()
-        .filter_map(|p| Some((p, get(p).and_then(row.value)?)))
+        .filter_map(|p| Some((p, get(p)?)))
         .filter(|(_, x)| *x > 0.0)
         .reduce(|a, b| match row.better {
             Better::Higher if b.1 > a.1 => b,
@@ -323,6 +354,50 @@ mod tests {
         assert!(table.contains(
             "| A: msg/s ↑ | 200 | 100 ⚠ | 150 | 1.33× (vs caddy) | nginx: core 50% busy |"
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cells_are_medians_of_rounds() {
+        let dir = std::env::temp_dir().join(format!("loadgen-rounds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r.jsonl");
+        let line = |t: &str, cpu: f64, busy: f64, errors: u64| {
+            format!(
+                r#"{{"scenario":"a","title":"A","mode":"throughput","target":"{t}","rate":100,"cpu_us_per_op":{cpu},"proxy_core_busy":{busy},"has_proxy":true,"errors_total":{errors}}}"#
+            )
+        };
+        // sluice's middle round is 2.0 (not the mean, 4.0); nginx's two rounds give the
+        // lower one, 3.0, with that round's warning; errors add up over rounds.
+        let text = [
+            line("sluice", 9.0, 0.99, 1),
+            line("nginx", 3.0, 0.5, 0),
+            line("sluice", 1.0, 0.99, 0),
+            line("nginx", 5.0, 0.99, 0),
+            line("sluice", 2.0, 0.99, 2),
+        ]
+        .join("\n");
+        std::fs::write(&path, text).unwrap();
+        let table = render(&Options {
+            results: &path,
+            targets: vec!["sluice".into(), "nginx".into()],
+            subject: "sluice".into(),
+            peers: vec!["nginx".into()],
+            busy_threshold: 0.9,
+            noise_threshold: 0.05,
+            notes: vec![],
+        })
+        .unwrap();
+        assert!(
+            table.contains(
+                "| A: msg/s ↑ | 100 (3 err) | 100 ⚠ | 1.00× (vs nginx) | nginx: core 50% busy |"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("| A: proxy CPU µs/msg ↓ | 2.00 | 3.00 | 0.67× (vs nginx) |  |"),
+            "{table}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
