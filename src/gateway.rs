@@ -410,6 +410,14 @@ async fn build_state(
     let old_upstreams = old
         .map(|o| distinct_upstreams(&o.routes))
         .unwrap_or_default();
+    // One ending token per server name, whichever upstreams list it: a server that
+    // moves to another upstream is a new `Server` there, and the tunnels opened
+    // before the move must still end when that server is removed.
+    let mut endings: HashMap<Arc<str>, CancellationToken> = old_upstreams
+        .iter()
+        .flat_map(|u| u.servers())
+        .map(|s| (s.name.clone(), s.ending()))
+        .collect();
     let mut upstreams = Vec::with_capacity(settings.upstreams.len());
     for u in &settings.upstreams {
         let specs = match &u.servers {
@@ -455,12 +463,18 @@ async fn build_state(
                         s.update(spec, u.keepalive);
                         s.clone()
                     }
-                    None => Arc::new(Server::new(
-                        spec,
-                        u.keepalive,
-                        metrics.server_up(&u.name, &spec.name),
-                        shutdown.stop_token(),
-                    )),
+                    None => {
+                        let ending = endings
+                            .entry(spec.name.as_str().into())
+                            .or_insert_with(|| shutdown.stop_token().child_token())
+                            .clone();
+                        Arc::new(Server::new(
+                            spec,
+                            u.keepalive,
+                            metrics.server_up(&u.name, &spec.name),
+                            ending,
+                        ))
+                    }
                 }
             })
             .collect();

@@ -195,6 +195,31 @@ async fn tunnels_to_a_removed_server_drain_spread_over_the_drain_period() {
 }
 
 #[tokio::test]
+async fn a_server_that_moved_upstream_keeps_its_tunnels_until_it_is_removed() {
+    let moving = named_ws_backend("moving").await;
+    let other = named_ws_backend("other").await;
+    let extra = "[timeouts]\ndrain = \"200ms\"\n";
+    let gw = start(&two_routes(&[moving.addr], &[other.addr], extra)).await;
+    let mut ws = ws_connect(&gw.url("/a")).await;
+    // "moving" goes from upstream a to upstream b: its tunnel did not have to be cut.
+    gw.gateway
+        .reload(settings(&two_routes(&[other.addr], &[moving.addr], extra)))
+        .await
+        .unwrap();
+    echo_once(&mut ws, Message::text("moved")).await;
+    // Then it leaves the configuration: the tunnel opened before the move drains too.
+    gw.gateway
+        .reload(settings(&two_routes(&[other.addr], &[other.addr], extra)))
+        .await
+        .unwrap();
+    let end = within("drained", ws.next()).await;
+    assert!(
+        matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
+        "{end:?}"
+    );
+}
+
+#[tokio::test]
 async fn listeners_are_added_and_removed_and_their_connections_kept() {
     let one = named_ws_backend("one").await;
     let base = two_routes(&[one.addr], &[one.addr], "");

@@ -53,6 +53,7 @@ pub struct Server {
     up: IntGauge,
     /// Cancelled when the server leaves the configuration, or when shutdown's drain
     /// ends (it is a child of shutdown's token): either way its tunnels must end.
+    /// Shared by every `Server` of the same name, in any upstream.
     ending: CancellationToken,
 }
 
@@ -76,7 +77,7 @@ impl Server {
         spec: &ServerAddr,
         keepalive: usize,
         up: IntGauge,
-        stop: &CancellationToken,
+        ending: CancellationToken,
     ) -> Server {
         up.set(1);
         Server {
@@ -92,7 +93,7 @@ impl Server {
             load: AtomicU64::new(0),
             health: Health::default(),
             up,
-            ending: stop.child_token(),
+            ending,
         }
     }
 
@@ -293,7 +294,7 @@ mod tests {
             &spec,
             4,
             IntGauge::new("up", "up").unwrap(),
-            &CancellationToken::new(),
+            CancellationToken::new(),
         ))
     }
 
