@@ -137,6 +137,10 @@ pub fn run_upgraded(
 ) -> Tunnel<Transfers> {
     let (client, to_upstream) = Leg::client(client);
     let (upstream, to_client) = Leg::upstream(upstream);
+    // Bytes hyper read past the handshakes came from a peer like all that follow, and
+    // count the same (the transfers start their totals with them).
+    counters.client_to_upstream.inc_by(to_upstream.len() as u64);
+    counters.upstream_to_client.inc_by(to_client.len() as u64);
     let transfer = match (client, upstream) {
         #[cfg(target_os = "linux")]
         (Leg::Tcp(c), Leg::Tcp(u)) if splice::enabled() => {

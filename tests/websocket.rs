@@ -218,6 +218,58 @@ async fn the_upstream_can_push_first_even_in_the_same_packet_as_its_101() {
     let mut ws = ws_connect(&gw.url("/")).await;
     let msg = within("push", ws.next()).await.unwrap().unwrap();
     assert_eq!(msg, Message::text("welcome"));
+    // The frame hyper read with the 101 is counted like any other byte.
+    assert_eq!(
+        metric(
+            &metrics_text(&gw).await,
+            "sluice_tunnel_bytes_total{direction=\"upstream_to_client\",route=\"backend\"}"
+        ),
+        9.0
+    );
+}
+
+#[tokio::test]
+async fn a_first_frame_sent_with_the_handshake_reaches_the_upstream_and_is_counted() {
+    // A masked text frame "hi": header, mask key, masked payload.
+    let mask = [1u8, 2, 3, 4];
+    let frame = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ mask[0], b'i' ^ mask[1]];
+    let (addr, _) = raw_backend(move |mut s, head| async move {
+        s.write_all(switching_protocols(&head, "").as_bytes())
+            .await
+            .unwrap();
+        let mut got = [0u8; 8];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, frame);
+        s.write_all(&[0x81, 2, b'o', b'k']).await.unwrap();
+        let _ = read_to_eof(&mut s).await;
+    })
+    .await;
+    let gw = gateway_for(&[addr], "").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    // One write: the handshake and the first frame, which hyper reads together.
+    let mut out = handshake_request("/", "").into_bytes();
+    out.extend_from_slice(&frame);
+    s.write_all(&out).await.unwrap();
+    let head = within("101", read_head(&mut s)).await.unwrap();
+    assert_eq!(status_of(&head), 101, "{head}");
+    let mut answer = [0u8; 4];
+    within("answer", s.read_exact(&mut answer)).await.unwrap();
+    assert_eq!(&answer, &[0x81, 2, b'o', b'k']);
+    let text = metrics_text(&gw).await;
+    assert_eq!(
+        metric(
+            &text,
+            "sluice_tunnel_bytes_total{direction=\"client_to_upstream\",route=\"backend\"}"
+        ),
+        8.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "sluice_tunnel_bytes_total{direction=\"upstream_to_client\",route=\"backend\"}"
+        ),
+        4.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,6 +98,7 @@ impl Pump {
     fn with_early(early: &[u8]) -> Pump {
         Pump {
             pending: early.to_vec(),
+            total: early.len() as u64,
             ..Pump::default()
         }
     }

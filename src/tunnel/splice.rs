@@ -111,16 +111,6 @@ fn short(done: usize, asked: usize) -> io::Result<()> {
     }
 }
 
-/// Early bytes are a view of hyper's whole read buffer (8 KiB or more): keep them only
-/// when there are some, and then only them.
-fn own(early: Bytes) -> Bytes {
-    if early.is_empty() {
-        Bytes::new()
-    } else {
-        Bytes::copy_from_slice(&early)
-    }
-}
-
 /// Both legs as plain sockets, with one splicing pump per direction.
 pub struct Sockets {
     client: TcpStream,
@@ -141,14 +131,8 @@ impl Sockets {
         Sockets {
             client,
             upstream,
-            up: Pump {
-                early: own(to_upstream),
-                ..Pump::default()
-            },
-            down: Pump {
-                early: own(to_client),
-                ..Pump::default()
-            },
+            up: Pump::with_early(to_upstream),
+            down: Pump::with_early(to_client),
         }
     }
 }
@@ -205,6 +189,21 @@ struct Pump {
 }
 
 impl Pump {
+    /// A pump that first writes `early`, bytes already read (and counted in its
+    /// total). They are a view of hyper's whole read buffer (8 KiB or more): only
+    /// they are kept, and only when there are some.
+    fn with_early(early: Bytes) -> Pump {
+        Pump {
+            total: early.len() as u64,
+            early: if early.is_empty() {
+                Bytes::new()
+            } else {
+                Bytes::copy_from_slice(&early)
+            },
+            ..Pump::default()
+        }
+    }
+
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
