@@ -263,7 +263,6 @@ impl<T: Transfer> Tunnel<T> {
     fn new(transfer: T, timers: Timers, counters: Counters, stops: Stops) -> Tunnel<T> {
         let now = Instant::now();
         let hard = stops.lifetime.map(|l| (now + l, End::MaxLifetime));
-        let first = hard.map_or(now + timers.idle, |(at, _)| at.min(now + timers.idle));
         Tunnel {
             transfer,
             done: [false; 2],
@@ -272,7 +271,7 @@ impl<T: Transfer> Tunnel<T> {
             timers,
             last_activity: now,
             hard,
-            timer: tokio::time::sleep_until(first),
+            timer: tokio::time::sleep_until(wake_at(now + timers.idle, hard)),
             counters,
             drain: stops.drain,
             spread: stops.spread,
@@ -296,7 +295,8 @@ impl<T: Transfer> Future for Tunnel<T> {
             let at = Instant::now() + this.spread.mul_f64(fastrand::f64());
             if this.hard.is_none_or(|(h, _)| at < h) {
                 *this.hard = Some((at, End::ServerRemoved));
-                this.timer.as_mut().reset(at);
+                let idle_at = *this.last_activity + *this.limit;
+                this.timer.as_mut().reset(wake_at(idle_at, *this.hard));
             }
         }
 
@@ -337,9 +337,8 @@ impl<T: Transfer> Future for Tunnel<T> {
                 End::UpstreamClosed
             });
             *this.limit = this.timers.idle.min(this.timers.half_closed);
-            let deadline = (*this.last_activity).max(Instant::now()) + *this.limit;
-            let deadline = this.hard.map_or(deadline, |(h, _)| deadline.min(h));
-            this.timer.as_mut().reset(deadline);
+            let idle_at = (*this.last_activity).max(Instant::now()) + *this.limit;
+            this.timer.as_mut().reset(wake_at(idle_at, *this.hard));
         }
         if *this.done == [true, true] {
             let end = this.first_eof.unwrap_or(End::ClientClosed);
@@ -359,11 +358,16 @@ impl<T: Transfer> Future for Tunnel<T> {
             if idle_at <= now {
                 return Poll::Ready(this.transfer.report(End::Idle));
             }
-            let next = this.hard.map_or(idle_at, |(h, _)| idle_at.min(h));
-            this.timer.as_mut().reset(next);
+            this.timer.as_mut().reset(wake_at(idle_at, *this.hard));
         }
         Poll::Pending
     }
+}
+
+/// When the tunnel's one timer must next fire: at the idle deadline, or at the hard
+/// end if that comes first.
+fn wake_at(idle_at: Instant, hard: Option<(Instant, End)>) -> Instant {
+    hard.map_or(idle_at, |(at, _)| idle_at.min(at))
 }
 
 /// Any async byte stream a leg can be.
@@ -549,6 +553,25 @@ mod tests {
         let report = run.await.unwrap();
         assert_eq!(report.end, End::Idle);
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_server_does_not_postpone_the_idle_limit() {
+        let (client, _c) = duplex(1024);
+        let (upstream, _u) = duplex(1024);
+        let (mut stops, _drain) = stops();
+        // The server leaves with a long spread: the tunnel must still end by its own
+        // idle limit if that comes first, whichever moment in the spread was drawn.
+        stops.spread = Duration::from_secs(3600);
+        stops.token.cancel();
+        let started = Instant::now();
+        let report = run(client, upstream, timers(5), counters(), stops).await;
+        assert!(
+            started.elapsed() <= Duration::from_secs(5),
+            "ended after {:?} as {:?}",
+            started.elapsed(),
+            report.end
+        );
     }
 
     #[tokio::test]
