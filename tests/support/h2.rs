@@ -531,6 +531,41 @@ pub enum Outcome {
     Closed,
 }
 
+/// What happened next on one stream of a raw client.
+#[derive(Debug, PartialEq)]
+pub enum Event {
+    /// A header block: the status (when decodable), and whether it ended the stream.
+    Head(Option<u16>, bool),
+    /// Data, and whether it ended the stream.
+    Data(Bytes, bool),
+    /// RST_STREAM with this error code.
+    Reset(u32),
+    /// GOAWAY with this error code, not covering the stream.
+    GoAway(u32),
+    /// The connection ended.
+    Closed,
+}
+
+/// A HEADERS frame opening a WebSocket by extended CONNECT over h2c on `stream`,
+/// with `extra` fields; the stream stays open.
+pub fn extended_connect_frame(
+    stream: u32,
+    authority: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> Vec<u8> {
+    let mut fields = vec![
+        (":method", "CONNECT"),
+        (":protocol", "websocket"),
+        (":scheme", "http"),
+        (":authority", authority),
+        (":path", path),
+        ("sec-websocket-version", "13"),
+    ];
+    fields.extend_from_slice(extra);
+    headers(stream, &fields, false)
+}
+
 /// A raw HTTP/2 client over TCP: frames are written and read as they are.
 pub struct RawH2 {
     pub r: FrameReader,
@@ -579,15 +614,13 @@ impl RawH2 {
         let _ = within("raw h2 write", self.w.write_all(bytes)).await;
     }
 
-    /// Reads until stream `id` is answered (to its END_STREAM), reset, or the
-    /// connection ends. Acknowledges SETTINGS and answers PINGs meanwhile.
-    pub async fn outcome(&mut self, id: u32) -> Outcome {
-        let mut status = None;
-        let mut body = Vec::new();
-        within("raw h2 outcome", async {
+    /// The next event on stream `id`, within [`super::STEP`]. Acknowledges SETTINGS,
+    /// answers PINGs and gives back window for the data it reads, meanwhile.
+    pub async fn event(&mut self, id: u32) -> Event {
+        within("raw h2 event", async {
             loop {
                 let Some(f) = self.r.next().await else {
-                    return Outcome::Closed;
+                    return Event::Closed;
                 };
                 match f.kind {
                     SETTINGS if !f.has(ACK) => self.send(&frame(SETTINGS, ACK, 0, &[])).await,
@@ -596,35 +629,64 @@ impl RawH2 {
                         // Streams up to the last one are still answered.
                         let last = u32::from_be_bytes(f.payload[..4].try_into().unwrap());
                         if last < id {
-                            return Outcome::GoAway(f.error_code());
+                            return Event::GoAway(f.error_code());
                         }
                     }
-                    RST_STREAM if f.stream == id => return Outcome::Reset(f.error_code()),
+                    RST_STREAM if f.stream == id => return Event::Reset(f.error_code()),
                     HEADERS if f.stream == id => {
-                        if status.is_none() {
-                            status = status_of_block(&f.payload);
-                        }
-                        if f.has(END_STREAM) {
-                            return Outcome::Response(status, body);
-                        }
+                        return Event::Head(status_of_block(&f.payload), f.has(END_STREAM));
                     }
                     DATA if f.stream == id => {
-                        body.extend_from_slice(&f.payload);
                         if !f.payload.is_empty() {
-                            // Give the window back so that bodies of any size arrive.
                             let n = (f.payload.len() as u32).to_be_bytes();
                             self.send(&frame(WINDOW_UPDATE, 0, 0, &n)).await;
-                            self.send(&frame(WINDOW_UPDATE, 0, id, &n)).await;
+                            if !f.has(END_STREAM) {
+                                self.send(&frame(WINDOW_UPDATE, 0, id, &n)).await;
+                            }
                         }
-                        if f.has(END_STREAM) {
-                            return Outcome::Response(status, body);
-                        }
+                        let end = f.has(END_STREAM);
+                        return Event::Data(f.payload, end);
                     }
                     _ => {}
                 }
             }
         })
         .await
+    }
+
+    /// Reads until stream `id` is answered (to its END_STREAM), reset, or the
+    /// connection ends.
+    pub async fn outcome(&mut self, id: u32) -> Outcome {
+        let mut status = None;
+        let mut body = Vec::new();
+        loop {
+            match self.event(id).await {
+                Event::Head(s, end) => {
+                    status = status.or(s);
+                    if end {
+                        return Outcome::Response(status, body);
+                    }
+                }
+                Event::Data(d, end) => {
+                    body.extend_from_slice(&d);
+                    if end {
+                        return Outcome::Response(status, body);
+                    }
+                }
+                Event::Reset(code) => return Outcome::Reset(code),
+                Event::GoAway(code) => return Outcome::GoAway(code),
+                Event::Closed => return Outcome::Closed,
+            }
+        }
+    }
+
+    /// Reads the response head of stream `id`; fails the test if the stream ends
+    /// otherwise.
+    pub async fn head(&mut self, id: u32) -> Option<u16> {
+        match self.event(id).await {
+            Event::Head(status, _) => status,
+            other => panic!("stream {id}: expected a response head, got {other:?}"),
+        }
     }
 }
 
