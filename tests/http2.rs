@@ -536,7 +536,9 @@ fn bad_http2_settings_are_named() {
         }
     }
     let toml = TAIL.replace("http2 = true", "http2 = \"yes\"");
-    let e = parse(&toml).err().expect("http2 = \"yes\" accepted");
+    let Err(e) = parse(&toml) else {
+        panic!("http2 = \"yes\" accepted");
+    };
     assert!(e.starts_with("h2.toml:3:"), "{e}");
 }
 
@@ -571,4 +573,54 @@ fn check_accepts_http2_settings_and_names_a_bad_one() {
         err.contains(&format!("{}:2:", bad.display())) && err.contains("max_concurrent_streams"),
         "{err}"
     );
+}
+
+// ---- shutdown ----
+
+#[tokio::test]
+async fn sigterm_sends_goaway_and_the_in_flight_stream_completes() {
+    let (got_tx, mut got) = mpsc::unbounded_channel::<()>();
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let r = release.clone();
+    let (addr, _) = raw_backend(move |mut s, _head| {
+        let got_tx = got_tx.clone();
+        let r = r.clone();
+        async move {
+            // The response waits until the test has seen the GOAWAY.
+            let _ = got_tx.send(());
+            r.notified().await;
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+                .await
+                .unwrap();
+            let _ = read_to_eof(&mut s).await;
+        }
+    })
+    .await;
+    let mut sluice = Sluice::start(&h2_config(
+        "http2 = true",
+        &[addr],
+        "[timeouts]\ndrain = \"5s\"\n",
+    ));
+    let (mut raw, _) = RawH2::handshake(sluice.http, &[]).await;
+    raw.send(&get(1, "test.local", "/slow")).await;
+    within("the request reaches the upstream", got.recv())
+        .await
+        .unwrap();
+    sluice.signal("TERM");
+    let goaway = raw
+        .r
+        .until("GOAWAY on SIGTERM", |f| f.kind == GOAWAY)
+        .await
+        .expect("a GOAWAY before the connection ends");
+    assert_eq!(goaway.error_code(), 0, "a graceful GOAWAY: {goaway:?}");
+    release.notify_one();
+    assert_eq!(
+        raw.outcome(1).await,
+        Outcome::Response(Some(200), b"done".to_vec()),
+        "the in-flight stream completes after the GOAWAY"
+    );
+    raw.r.until_closed("the drained connection closes").await;
+    let (code, took) = sluice.wait_exit().await;
+    assert_eq!(code, Some(0));
+    assert!(took < std::time::Duration::from_secs(4), "took {took:?}");
 }

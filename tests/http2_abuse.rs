@@ -276,7 +276,7 @@ async fn a_client_that_sends_only_the_preface_is_closed_after_request_header() {
     let gw = h2c_gateway(addr, "[timeouts]\nrequest_header = \"1s\"\n").await;
     let started = Instant::now();
     let mut raw = RawH2::connect(gw.addr, &[]).await;
-    let seen = raw.r.to_end("the silent client is closed").await;
+    let seen = raw.r.until_closed("the silent client is closed").await;
     let took = started.elapsed();
     assert!(
         seen.first().is_some_and(|f| f.kind == SETTINGS),
@@ -297,7 +297,7 @@ async fn an_idle_connection_without_streams_is_closed_after_request_header() {
         other => panic!("{other:?}"),
     }
     let idle_since = Instant::now();
-    raw.r.to_end("the idle connection is closed").await;
+    raw.r.until_closed("the idle connection is closed").await;
     let took = idle_since.elapsed();
     assert!(took >= Duration::from_millis(900), "closed after {took:?}");
 }
@@ -319,7 +319,7 @@ async fn a_peer_that_stops_answering_pings_is_closed() {
         .until("a keepalive PING", |f| f.kind == PING && !f.has(ACK))
         .await;
     assert!(ping.is_some(), "the connection ended without a PING");
-    raw.r.to_end("the silent peer is closed").await;
+    raw.r.until_closed("the silent peer is closed").await;
     assert_eq!(good.get("/after").await.0, 200);
 }
 

@@ -506,7 +506,7 @@ impl FrameReader {
 
     /// Reads to the end of the connection within [`super::STEP`]; returns the
     /// frames seen on the way.
-    pub async fn to_end(&mut self, what: &str) -> Vec<Frame> {
+    pub async fn until_closed(&mut self, what: &str) -> Vec<Frame> {
         within(what, async {
             let mut seen = Vec::new();
             while let Some(f) = self.next().await {
