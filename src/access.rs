@@ -42,13 +42,8 @@ impl Entry {
     }
 
     /// Writes the line for a finished tunnel: its bytes each way and why it ended.
-    pub fn finish_tunnel(self, report: &crate::tunnel::Report) {
-        self.write(
-            "tunnel",
-            report.client_to_upstream,
-            report.upstream_to_client,
-            Some(report.end.as_str()),
-        );
+    pub fn finish_tunnel(self, client_to_upstream: u64, upstream_to_client: u64, end: &str) {
+        self.write("tunnel", client_to_upstream, upstream_to_client, Some(end));
     }
 
     fn write(&self, kind: &str, bytes_in: u64, bytes_out: u64, end: Option<&str>) {

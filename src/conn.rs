@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::client::{ConnGuard, ConnInfo, Protocol};
 use crate::config::{Limits, ListenerSettings, Tcp, Timeouts};
 use crate::headers::Forwarded;
-use crate::limits::{Admission, ConnLimit};
+use crate::limits::ConnLimit;
 use crate::metrics::ListenerMetrics;
 use crate::proxy::Proxy;
 use crate::shutdown::Shutdown;
@@ -73,62 +74,6 @@ impl fmt::Display for ListenerCtx {
     }
 }
 
-/// A client connection's place under the limits, and in the gauges; held from
-/// accept until the connection, or the tunnel it became, is gone.
-pub struct ConnGuard {
-    _admission: Admission,
-    active: prometheus::IntGauge,
-}
-
-impl ConnGuard {
-    pub fn new(admission: Admission, metrics: &ListenerMetrics) -> ConnGuard {
-        metrics.total.inc();
-        metrics.active.inc();
-        ConnGuard {
-            _admission: admission,
-            active: metrics.active.clone(),
-        }
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.active.dec();
-    }
-}
-
-/// One client connection's identity. Tunnels keep it alive after hyper has let the
-/// connection go, so the connection limit and gauge count tunnels too.
-pub struct ConnInfo {
-    pub client: SocketAddr,
-    pub listener: Arc<ListenerCtx>,
-    pub forwarded: Forwarded,
-    /// Whether the client connected with TLS.
-    pub tls: bool,
-    _guard: ConnGuard,
-}
-
-/// What a tunnel keeps of its client connection: its place under the limits and in
-/// the gauges.
-pub enum Held {
-    /// The connection's state was the tunnel's alone: only the guard is kept.
-    Guard(ConnGuard),
-    /// Still shared (hyper had not let go yet): all of it is kept.
-    Shared(Arc<ConnInfo>),
-}
-
-impl ConnInfo {
-    /// Trades a connection's state for the part a tunnel needs, freeing the rest
-    /// when the tunnel holds the only reference. Returns the client's address too.
-    pub fn into_held(conn: Arc<ConnInfo>) -> (SocketAddr, Held) {
-        let client = conn.client;
-        match Arc::try_unwrap(conn) {
-            Ok(info) => (client, Held::Guard(info._guard)),
-            Err(shared) => (client, Held::Shared(shared)),
-        }
-    }
-}
-
 /// The answer to plain HTTP sent to a TLS port.
 const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 47\r\nconnection: close\r\n\r\nthis port speaks TLS: use https:// or wss://\r\n\r\n";
 
@@ -144,12 +89,14 @@ pub async fn handle(
     let Some(tls) = &ctx.tls else {
         let info = ConnInfo {
             client,
-            listener: ctx.clone(),
+            listener: ctx.name.clone(),
+            redirect_https: ctx.redirect_https,
             forwarded: Forwarded::new(client.ip(), false),
             tls: false,
-            _guard: guard,
+            protocol: Protocol::Http1,
+            guard,
         };
-        return serve(stream, info, proxy, shutdown).await;
+        return serve(stream, info, &ctx, proxy, shutdown).await;
     };
     let handshake = tokio::time::timeout(ctx.tls_handshake, accept_tls(stream, tls));
     let stream = tokio::select! {
@@ -171,12 +118,14 @@ pub async fn handle(
     ctx.metrics.tls_ok.inc();
     let info = ConnInfo {
         client,
-        listener: ctx.clone(),
+        listener: ctx.name.clone(),
+        redirect_https: ctx.redirect_https,
         forwarded: Forwarded::new(client.ip(), true),
         tls: true,
-        _guard: guard,
+        protocol: Protocol::Http1,
+        guard,
     };
-    serve(stream, info, proxy, shutdown).await;
+    serve(stream, info, &ctx, proxy, shutdown).await;
 }
 
 /// Completes a server TLS handshake. A client that speaks plain HTTP to the TLS port
@@ -214,7 +163,7 @@ async fn accept_tls(
 }
 
 /// Serves HTTP/1.1 on a connection until it closes or upgrades.
-async fn serve<I>(io: I, info: ConnInfo, proxy: Arc<Proxy>, shutdown: Shutdown)
+async fn serve<I>(io: I, info: ConnInfo, ctx: &ListenerCtx, proxy: Arc<Proxy>, shutdown: Shutdown)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -227,8 +176,7 @@ where
             async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
         })
     };
-    let conn = info
-        .listener
+    let conn = ctx
         .http
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();

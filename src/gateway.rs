@@ -288,7 +288,7 @@ impl Gateway {
             match (p.socket, old) {
                 (None, Some(mut old)) => {
                     if let Some(socket) = old.socket.upgrade()
-                        && let Err(e) = server::set_tcp_options(&*socket, &p.ctx.tcp)
+                        && let Err(e) = crate::net::set_tcp_options(&*socket, &p.ctx.tcp)
                     {
                         tracing::warn!(listener = %p.settings.name, error = %e, "cannot change TCP options");
                     }

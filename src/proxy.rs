@@ -17,8 +17,8 @@ use hyper::body::Incoming;
 
 use crate::access;
 use crate::body::{ProxyBody, RequestBody};
+use crate::client::{ConnInfo, Held};
 use crate::config::Timeouts;
-use crate::conn::{ConnInfo, Held};
 use crate::error::{Origin, ProxyError};
 use crate::handshake::{self, Upgrade};
 use crate::headers;
@@ -28,7 +28,11 @@ use crate::request::{has_dot_segments, redirect_to_https, request_host, rewrite_
 use crate::route::{Route, RouteTable, offers_subprotocol};
 use crate::shutdown::Shutdown;
 use crate::tunnel;
-use crate::upstream::{LoadGuard, Server};
+use crate::upstream::{Checkin, LoadGuard, Server};
+
+/// The body of every response sent to a client: sluice's own, or an upstream's
+/// whose pooled connection goes back to the pool once the body is through.
+pub type ClientBody = ProxyBody<Checkin>;
 
 /// What requests are served with; replaced whole on reload, so a request sees either
 /// the old or the new configuration, never half of each.
@@ -99,7 +103,7 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         conn: &Arc<ConnInfo>,
-    ) -> Response<ProxyBody> {
+    ) -> Response<ClientBody> {
         let access = self.state.load().access;
         let mut x = Exchange {
             conn,
@@ -109,7 +113,7 @@ impl Proxy {
             access: access.enabled.then(|| {
                 Box::new(access::Entry {
                     started: Instant::now(),
-                    listener: conn.listener.name.clone(),
+                    listener: conn.listener.clone(),
                     client: conn.client,
                     method: req.method().clone(),
                     host: req.headers().get(http::header::HOST).cloned(),
@@ -149,7 +153,7 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         x: &mut Exchange<'_>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ClientBody>, ProxyError> {
         // ---- check ----
         if req.method() == Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed(
@@ -157,7 +161,7 @@ impl Proxy {
             ));
         }
         let host = request_host(&req)?;
-        if let Some(port) = x.conn.listener.redirect_https {
+        if let Some(port) = x.conn.redirect_https {
             let resp = redirect_to_https(&req, host.as_ref(), port);
             let entry = x.entry(resp.status());
             return Ok(resp.map(|b| b.with_access(entry)));
@@ -291,7 +295,7 @@ impl Proxy {
         route: &Arc<Route>,
         x: &mut Exchange<'_>,
         limits: TunnelLimits,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ClientBody>, ProxyError> {
         let plan = route
             .upstream
             .plan(req.headers(), req.uri().query(), x.conn.client.ip());
@@ -474,7 +478,11 @@ impl Future for Running {
             .observe(this.started.elapsed().as_secs_f64());
         route.metrics.tunnels_active.dec();
         if let Some(entry) = this.access.take() {
-            entry.finish_tunnel(&report);
+            entry.finish_tunnel(
+                report.client_to_upstream,
+                report.upstream_to_client,
+                report.end.as_str(),
+            );
         }
         Poll::Ready(())
     }

@@ -6,19 +6,19 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri, Version};
 
-use crate::body::ProxyBody;
-use crate::conn::ConnInfo;
+use crate::body::{GiveBack, ProxyBody};
+use crate::client::ConnInfo;
 use crate::error::ProxyError;
 use crate::handshake::Upgrade;
 use crate::headers;
 
 /// A `308 Permanent Redirect` to the same host and target on `https://`: 308 rather
 /// than 301 so that clients repeat the method and body.
-pub fn redirect_to_https<B>(
+pub fn redirect_to_https<B, G: GiveBack>(
     req: &Request<B>,
     host: Option<&HeaderValue>,
     port: u16,
-) -> Response<ProxyBody> {
+) -> Response<ProxyBody<G>> {
     let host = host
         .and_then(|h| h.to_str().ok())
         .map(crate::route::strip_port);

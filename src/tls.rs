@@ -15,8 +15,6 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{CertPaths, ListenerTls, TlsVersion, UpstreamTls};
-
 /// The one crypto provider: aws-lc-rs, rustls' default. Its AES-GCM and ChaCha20 are
 /// the fastest available to rustls, and it builds with the C compiler every Rust
 /// machine has (no cmake, no Go, no OpenSSL headers). Held here, not installed
@@ -26,6 +24,42 @@ static PROVIDER: LazyLock<Arc<CryptoProvider>> =
 
 /// What is offered in ALPN; HTTP/2 comes later.
 const ALPN: &[&[u8]] = &[b"http/1.1"];
+
+/// A TLS listener's certificates and policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// Chosen by SNI against each certificate's names; the first is the default.
+    pub certificates: Vec<CertPaths>,
+    pub min_version: TlsVersion,
+    /// Require client certificates signed by these CAs (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A PEM certificate chain and its PEM private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The oldest TLS version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    #[default]
+    Tls12,
+    Tls13,
+}
+
+/// TLS to an upstream's servers. Certificates are always verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name sent in SNI and verified; default: each server's host name.
+    pub sni: Option<String>,
+    /// Trusted CAs; default: the system's trust roots.
+    pub ca: Option<PathBuf>,
+    /// A client certificate to present.
+    pub client_cert: Option<CertPaths>,
+}
 
 /// A file that cannot serve for TLS, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,6 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+// The TLS settings live beside the code that builds rustls configurations from them,
+// so that `tls` needs nothing of `config`.
+pub use crate::tls::{CertPaths, ListenerTls, TlsVersion, UpstreamTls};
+
 /// A whole, valid configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -151,42 +155,6 @@ pub struct ListenerSettings {
     pub max_connections: Option<usize>,
     /// Bind with SO_REUSEPORT, so a new sluice can bind beside a running one.
     pub reuse_port: bool,
-}
-
-/// A TLS listener's certificates and policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerTls {
-    /// Chosen by SNI against each certificate's names; the first is the default.
-    pub certificates: Vec<CertPaths>,
-    pub min_version: TlsVersion,
-    /// Require client certificates signed by these CAs (mutual TLS).
-    pub client_ca: Option<PathBuf>,
-}
-
-/// A PEM certificate chain and its PEM private key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertPaths {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-/// The oldest TLS version accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TlsVersion {
-    #[default]
-    Tls12,
-    Tls13,
-}
-
-/// TLS to an upstream's servers. Certificates are always verified.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamTls {
-    /// The name sent in SNI and verified; default: each server's host name.
-    pub sni: Option<String>,
-    /// Trusted CAs; default: the system's trust roots.
-    pub ca: Option<PathBuf>,
-    /// A client certificate to present.
-    pub client_cert: Option<CertPaths>,
 }
 
 /// One route: which requests go to which upstream.
