@@ -16,6 +16,8 @@ pub struct Entry {
     pub started: Instant,
     pub listener: Arc<str>,
     pub client: SocketAddr,
+    /// The client connection's HTTP version: `http1` or `h2`.
+    pub protocol: &'static str,
     pub method: Method,
     pub host: Option<HeaderValue>,
     pub uri: Uri,
@@ -52,6 +54,7 @@ impl Entry {
             kind,
             listener = &*self.listener,
             client = %self.client,
+            protocol = self.protocol,
             method = %self.method,
             host = self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
             path = self.path(),

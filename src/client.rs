@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::headers::Forwarded;
 use crate::limits::Admission;
@@ -64,7 +66,53 @@ pub struct ConnInfo {
     /// Whether the client connected with TLS.
     pub tls: bool,
     pub protocol: Protocol,
+    /// The HTTP/2 streams open on the connection (unused on HTTP/1.1).
+    pub streams: Streams,
     pub(crate) guard: ConnGuard,
+}
+
+/// The streams open on an HTTP/2 connection, and since when there have been none:
+/// what tells an idle connection from a busy one (hyper's HTTP/2 server has no idle
+/// or header timeout of its own). A stream counts from its request until its response
+/// body is done, or, once it became a tunnel, until the tunnel ends.
+pub struct Streams {
+    open: AtomicUsize,
+    started: Instant,
+    /// When the count last fell to zero, in milliseconds after `started`.
+    idle_since_ms: AtomicU64,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams {
+            open: AtomicUsize::new(0),
+            started: Instant::now(),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Streams {
+    /// How long the connection has had no stream open; `None` while one is.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
+        Some(self.started.elapsed().saturating_sub(since))
+    }
+}
+
+/// One open stream of an HTTP/2 connection; the count falls when it is dropped.
+pub struct StreamGuard(Arc<ConnInfo>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let streams = &self.0.streams;
+        let ms = streams.started.elapsed().as_millis() as u64;
+        streams.idle_since_ms.store(ms, Ordering::Relaxed);
+        streams.open.fetch_sub(1, Ordering::Release);
+    }
 }
 
 /// What a tunnel keeps of its client connection: its place under the limits and in
@@ -72,16 +120,27 @@ pub struct ConnInfo {
 pub enum Held {
     /// The connection's state was the tunnel's alone: only the guard is kept.
     Guard(ConnGuard),
-    /// Still shared (hyper had not let go yet, or other streams of an HTTP/2
-    /// connection use it): all of it is kept.
+    /// Still shared (hyper had not let go yet): all of it is kept.
     Shared(Arc<ConnInfo>),
+    /// A stream of an HTTP/2 connection, which lives on beside it: the tunnel keeps
+    /// the connection busy (and its state) until it ends.
+    Stream(StreamGuard),
 }
 
 impl ConnInfo {
+    /// Counts a stream open until the guard is dropped.
+    pub fn open_stream(conn: &Arc<ConnInfo>) -> StreamGuard {
+        conn.streams.open.fetch_add(1, Ordering::AcqRel);
+        StreamGuard(conn.clone())
+    }
+
     /// Trades a connection's state for the part a tunnel needs, freeing the rest
     /// when the tunnel holds the only reference. Returns the client's address too.
     pub fn into_held(conn: Arc<ConnInfo>) -> (SocketAddr, Held) {
         let client = conn.client;
+        if conn.protocol == Protocol::H2 {
+            return (client, Held::Stream(ConnInfo::open_stream(&conn)));
+        }
         match Arc::try_unwrap(conn) {
             Ok(info) => (client, Held::Guard(info.guard)),
             Err(shared) => (client, Held::Shared(shared)),

@@ -244,6 +244,7 @@ impl Gateway {
                 self.metrics.listener(&l.name),
                 &settings.timeouts,
                 &settings.limits,
+                &settings.http2,
                 settings.tcp,
                 limit.clone(),
             )

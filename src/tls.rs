@@ -22,8 +22,11 @@ use tokio_rustls::TlsAcceptor;
 static PROVIDER: LazyLock<Arc<CryptoProvider>> =
     LazyLock::new(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
 
-/// What is offered in ALPN; HTTP/2 comes later.
+/// What is offered to upstreams in ALPN.
 const ALPN: &[&[u8]] = &[b"http/1.1"];
+/// What listeners with HTTP/2 offer in ALPN, HTTP/2 first: a client that speaks both
+/// takes it, and one that speaks only HTTP/1.1 still finds its protocol.
+const ALPN_H2: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// A TLS listener's certificates and policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,8 +255,8 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Builds a listener's server configuration from its files.
-pub fn server_config(tls: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
+/// Builds a listener's server configuration from its files; `http2` offers `h2`.
+pub fn server_config(tls: &ListenerTls, http2: bool) -> Result<Arc<ServerConfig>, TlsError> {
     let loaded = tls
         .certificates
         .iter()
@@ -277,7 +280,8 @@ pub fn server_config(tls: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver::new(loaded)));
-    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    let alpn = if http2 { ALPN_H2 } else { ALPN };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // Stateless resumption: a returning client skips the key exchange and the
     // certificate, a full handshake's most expensive parts.
     if let Ok(ticketer) = rustls::crypto::aws_lc_rs::Ticketer::new() {
@@ -294,9 +298,9 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
-    pub fn new(tls: &ListenerTls) -> Result<ServerTls, TlsError> {
+    pub fn new(tls: &ListenerTls, http2: bool) -> Result<ServerTls, TlsError> {
         Ok(ServerTls {
-            config: server_config(tls)?,
+            config: server_config(tls, http2)?,
         })
     }
 
