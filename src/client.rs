@@ -93,6 +93,11 @@ impl Default for Streams {
 }
 
 impl Streams {
+    /// Whether any stream was ever opened.
+    pub fn ever_opened(&self) -> bool {
+        self.open.load(Ordering::Acquire) > 0 || self.idle_since_ms.load(Ordering::Relaxed) > 0
+    }
+
     /// How long the connection has had no stream open; `None` while one is.
     pub fn idle_for(&self) -> Option<Duration> {
         if self.open.load(Ordering::Acquire) > 0 {
@@ -109,7 +114,8 @@ pub struct StreamGuard(Arc<ConnInfo>);
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         let streams = &self.0.streams;
-        let ms = streams.started.elapsed().as_millis() as u64;
+        // Never 0, which means "no stream yet".
+        let ms = (streams.started.elapsed().as_millis() as u64).max(1);
         streams.idle_since_ms.store(ms, Ordering::Relaxed);
         streams.open.fetch_sub(1, Ordering::Release);
     }

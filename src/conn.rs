@@ -101,6 +101,9 @@ pub async fn handle(
     shutdown: Shutdown,
     guard: ConnGuard,
 ) {
+    // A client has `request_header` from accept to send its first request head,
+    // whatever comes before it (a TLS handshake, the wait for the HTTP/2 preface).
+    let head_deadline = tokio::time::Instant::now() + ctx.request_header;
     let Some(tls) = &ctx.tls else {
         let protocol = match &ctx.h2 {
             None => Protocol::Http1,
@@ -119,9 +122,10 @@ pub async fn handle(
             }
         };
         let info = conn_info(client, &ctx, false, protocol, guard);
-        return serve(stream, info, &ctx, proxy, shutdown).await;
+        return serve(stream, info, &ctx, head_deadline, proxy, shutdown).await;
     };
-    let handshake = tokio::time::timeout(ctx.tls_handshake, accept_tls(stream, tls));
+    let handshake_deadline = head_deadline.min(tokio::time::Instant::now() + ctx.tls_handshake);
+    let handshake = tokio::time::timeout_at(handshake_deadline, accept_tls(stream, tls));
     let stream = tokio::select! {
         r = handshake => match r {
             Ok(Ok(s)) => s,
@@ -145,7 +149,7 @@ pub async fn handle(
         _ => Protocol::Http1,
     };
     let info = conn_info(client, &ctx, true, protocol, guard);
-    serve(stream, info, &ctx, proxy, shutdown).await;
+    serve(stream, info, &ctx, head_deadline, proxy, shutdown).await;
 }
 
 fn conn_info(
@@ -206,13 +210,25 @@ async fn accept_tls(
 }
 
 /// Serves a connection in its protocol until it closes (or, on HTTP/1.1, upgrades).
-async fn serve<I>(io: I, info: ConnInfo, ctx: &ListenerCtx, proxy: Arc<Proxy>, shutdown: Shutdown)
-where
+/// The first request head must arrive by `head_deadline`.
+async fn serve<I>(
+    io: I,
+    info: ConnInfo,
+    ctx: &ListenerCtx,
+    head_deadline: tokio::time::Instant,
+    proxy: Arc<Proxy>,
+    shutdown: Shutdown,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let info = Arc::new(info);
+    let first_head = head_deadline.saturating_duration_since(tokio::time::Instant::now());
     if let (Protocol::H2, Some(h2)) = (info.protocol, &ctx.h2) {
-        return http2::serve(io, info, h2, ctx.request_header, proxy, shutdown).await;
+        let idle = http2::Idle {
+            first: first_head,
+            limit: ctx.request_header,
+        };
+        return http2::serve(io, info, h2, idle, proxy, shutdown).await;
     }
     let service = {
         let info = info.clone();
@@ -222,8 +238,19 @@ where
             async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
         })
     };
-    let conn = ctx
-        .http
+    // hyper's header timer covers each head, the first one too; where the time since
+    // accept already used part of it (a TLS handshake), the first gets what is left.
+    // The builder is copied only then: a plain connection serves with the listener's.
+    let shortened;
+    let http = if first_head + Duration::from_millis(1) < ctx.request_header {
+        let mut b = ctx.http.clone();
+        b.header_read_timeout(first_head.max(Duration::from_millis(1)));
+        shortened = b;
+        &shortened
+    } else {
+        &ctx.http
+    };
+    let conn = http
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);

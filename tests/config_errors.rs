@@ -220,3 +220,36 @@ fn check_flag_accepts_the_shipped_configs_and_rejects_bad_ones() {
             .contains("/nonexistent/sluice.toml: cannot read the file")
     );
 }
+
+#[test]
+fn http2_settings_are_checked_with_every_problem_named() {
+    let toml = format!(
+        "[http2]\nmax_concurrent_streams = 0\nkeepalive_interval = \"soon\"\nkeepalive_timeout = \"0s\"\nstream_window = 100\nconnection_window = 4294967296\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n{GOOD_TAIL}"
+    );
+    let msg = problems(&toml);
+    for needle in [
+        "bad.toml:2:26: http2.max_concurrent_streams = 0 is out of range: it must be from 1 to 10000",
+        "bad.toml:3:22: http2.keepalive_interval = \"soon\" is not a duration",
+        "bad.toml:4:21: http2.keepalive_timeout must be longer than zero",
+        "bad.toml:5:17: http2.stream_window = 100 is out of range",
+        "bad.toml:6:21: http2.connection_window = 4294967296 is out of range",
+    ] {
+        assert!(msg.contains(needle), "missing {needle:?} in\n{msg}");
+    }
+}
+
+#[test]
+fn http2_is_on_for_tls_listeners_and_opt_in_for_plain_ones() {
+    let toml = format!(
+        "[http2]\nmax_concurrent_streams = 64\n[[listeners]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nname = \"h2c\"\nlisten = \"127.0.0.1:0\"\nhttp2 = true\n{GOOD_TAIL}"
+    );
+    let s = sluice::config::parse(&toml, Path::new("ok.toml")).unwrap();
+    assert_eq!(s.http2.max_concurrent_streams, 64);
+    assert_eq!(
+        s.http2.keepalive_interval,
+        Some(std::time::Duration::from_secs(20))
+    );
+    let by_name = |n: &str| s.listeners.iter().find(|l| l.name == n).unwrap().http2;
+    assert!(!by_name("plain"));
+    assert!(by_name("h2c"));
+}

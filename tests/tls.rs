@@ -562,3 +562,64 @@ async fn certificates_reload_on_sighup_without_cutting_tunnels() {
         Message::text("three")
     );
 }
+
+/// A TLS client must send its first request head within `request_header` of accept,
+/// as a plain one must: a long `tls_handshake` does not extend that.
+#[tokio::test]
+async fn silent_tls_clients_are_closed_after_request_header() {
+    let ca = Ca::new("silent");
+    let cert = ca.server("silent", &["localhost"]);
+    let backend = ws_echo_backend().await;
+    let gw = start(&format!(
+        r#"
+[timeouts]
+tls_handshake = "60s"
+request_header = "300ms"
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+{}
+[[routes]]
+upstream = "b"
+[upstreams.b]
+servers = ["{}"]
+"#,
+        listener_tls(&cert),
+        backend.addr
+    ))
+    .await;
+
+    // Connected, no TLS handshake at all. The bound is far below the 60 s the
+    // handshake would otherwise have.
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = within("a silent TCP client is closed", tcp.read(&mut buf))
+        .await
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the server sent bytes to a client that sent none");
+
+    // A finished handshake, then no request; over HTTP/1.1 and over HTTP/2.
+    for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
+        let mut config = (*ca.client_default()).clone();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let mut tls = tls_connect(gw.addr, "localhost", Arc::new(config))
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+        // h2 sends its SETTINGS (and then GOAWAY); HTTP/1.1 sends nothing. Either way
+        // the connection must end.
+        let mut got = Vec::new();
+        within("a silent TLS client is closed", async {
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        if alpn == b"http/1.1" {
+            assert!(got.is_empty(), "unexpected bytes: {got:?}");
+        }
+    }
+}

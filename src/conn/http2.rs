@@ -98,14 +98,23 @@ pub async fn sniff_preface(stream: &TcpStream, limit: Duration) -> Option<Protoc
     }
 }
 
+/// How long an HTTP/2 connection may go without a stream open.
+pub struct Idle {
+    /// Before its first stream: what is left of `request_header` since accept.
+    pub first: Duration,
+    /// After each stream that ends.
+    pub limit: Duration,
+}
+
 /// Serves an HTTP/2 connection until it closes. A connection with no stream open for
-/// `idle` (from its start, or since its last stream ended) gets GOAWAY: that covers a
-/// client that sent the preface and nothing else, and one that stopped using it.
+/// its idle limit (from its start, or since its last stream ended) gets GOAWAY: that
+/// covers a client that sent the preface and nothing else, and one that stopped
+/// using it.
 pub async fn serve<I>(
     io: I,
     info: Arc<ConnInfo>,
     h2: &Builder,
-    idle: Duration,
+    idle: Idle,
     proxy: Arc<Proxy>,
     shutdown: Shutdown,
 ) where
@@ -128,15 +137,19 @@ pub async fn serve<I>(
     };
     let conn = h2.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let check = tokio::time::sleep(idle);
+    let check = tokio::time::sleep(idle.first);
+    let (first, idle) = (idle.first, idle.limit);
     tokio::pin!(check);
     let mut draining = false;
     let result = loop {
         tokio::select! {
             r = conn.as_mut() => break r,
             () = check.as_mut() => {
+                // Before any stream, the connection's age counts against what was
+                // left of the head timeout; after, the quiet since the last one.
+                let limit = if info.streams.ever_opened() { idle } else { first };
                 match info.streams.idle_for() {
-                    Some(quiet) if quiet >= idle => {
+                    Some(quiet) if quiet >= limit => {
                         tracing::debug!(client = %info.client, listener = %info.listener, "HTTP/2 connection idle: closing");
                         conn.as_mut().graceful_shutdown();
                         // GOAWAY, then the close; a client that does not read its
@@ -147,7 +160,7 @@ pub async fn serve<I>(
                             () = shutdown.stopped() => Ok(()),
                         };
                     }
-                    Some(quiet) => check.as_mut().reset(tokio::time::Instant::now() + (idle - quiet)),
+                    Some(quiet) => check.as_mut().reset(tokio::time::Instant::now() + (limit - quiet)),
                     None => check.as_mut().reset(tokio::time::Instant::now() + idle),
                 }
             }
