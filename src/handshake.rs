@@ -90,12 +90,19 @@ pub fn check_request(version: Version, headers: &HeaderMap) -> Result<&[u8], Pro
             "Sec-WebSocket-Key is not 16 bytes in base64",
         ));
     }
+    check_version_and_body(headers)?;
+    Ok(key)
+}
+
+/// What both versions of the handshake require: WebSocket version 13, and no body.
+fn check_version_and_body(headers: &HeaderMap) -> Result<(), ProxyError> {
     let versions = headers.get_all(header::SEC_WEBSOCKET_VERSION);
     if versions.iter().count() != 1 || versions.iter().any(|v| v.as_bytes() != b"13") {
         return Err(ProxyError::UnsupportedVersion);
     }
     // A handshake has no body; one that claims to is an attempt to smuggle bytes past
-    // the proxy into the tunnel.
+    // the proxy into the tunnel. (Over HTTP/2 the stream carries the tunnel's bytes
+    // after the 200; before it, nothing.)
     let content_length_nonzero = headers
         .get_all(header::CONTENT_LENGTH)
         .iter()
@@ -103,25 +110,13 @@ pub fn check_request(version: Version, headers: &HeaderMap) -> Result<&[u8], Pro
     if content_length_nonzero || headers.contains_key(header::TRANSFER_ENCODING) {
         return Err(ProxyError::BadHandshake("a handshake cannot carry a body"));
     }
-    Ok(key)
+    Ok(())
 }
 
 /// Checks an extended CONNECT that opens a WebSocket over HTTP/2 (RFC 8441 §5): the
 /// version, and no body. It has no key; [`new_key`] makes the one sent upstream.
 pub fn check_request_h2(headers: &HeaderMap) -> Result<(), ProxyError> {
-    let versions = headers.get_all(header::SEC_WEBSOCKET_VERSION);
-    if versions.iter().count() != 1 || versions.iter().any(|v| v.as_bytes() != b"13") {
-        return Err(ProxyError::UnsupportedVersion);
-    }
-    // The stream carries the tunnel's bytes after the 200; before it, nothing.
-    let content_length_nonzero = headers
-        .get_all(header::CONTENT_LENGTH)
-        .iter()
-        .any(|v| v.as_bytes().iter().any(|&b| b != b'0'));
-    if content_length_nonzero {
-        return Err(ProxyError::BadHandshake("a handshake cannot carry a body"));
-    }
-    Ok(())
+    check_version_and_body(headers)
 }
 
 /// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64, for a handshake sluice

@@ -67,6 +67,12 @@ pub async fn start(toml: &str) -> TestGateway {
 /// A configuration with one listener "http", one any-host route on `/` to upstream
 /// "backend" with `servers`, an admin listener, and `extra` appended (more sections).
 pub fn config(servers: &[SocketAddr], extra: &str) -> String {
+    listener_config("", servers, extra)
+}
+
+/// A configuration like [`config`] whose listener "http" carries `listener` (more
+/// keys of its table, e.g. `http2 = true` or a `tls = ...` line).
+pub fn listener_config(listener: &str, servers: &[SocketAddr], extra: &str) -> String {
     let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
     format!(
         r#"
@@ -76,6 +82,7 @@ listen = "127.0.0.1:0"
 [[listeners]]
 name = "http"
 listen = "127.0.0.1:0"
+{listener}
 
 [[routes]]
 path = "/"
