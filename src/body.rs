@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access;
+use crate::metrics::GrpcStatuses;
 
 /// What an upstream's body hands back once it has been read to its end: the pooled
 /// connection it arrived on. Implemented by the upstream pool, so that bodies need
@@ -69,6 +70,8 @@ pub struct ProxyBody<G: GiveBack> {
     kind: Kind<G>,
     /// The access line to write once the body has been sent (or abandoned).
     access: Option<Box<access::Entry>>,
+    /// Where a gRPC call's status is counted when its trailers pass.
+    grpc: Option<Arc<GrpcStatuses>>,
     sent: u64,
 }
 
@@ -89,6 +92,7 @@ impl<G: GiveBack> ProxyBody<G> {
         ProxyBody {
             kind: Kind::Full(Some(bytes.into())),
             access: None,
+            grpc: None,
             sent: 0,
         }
     }
@@ -98,6 +102,7 @@ impl<G: GiveBack> ProxyBody<G> {
         ProxyBody {
             kind: Kind::Full(None),
             access: None,
+            grpc: None,
             sent: 0,
         }
     }
@@ -107,6 +112,7 @@ impl<G: GiveBack> ProxyBody<G> {
         let mut b = ProxyBody {
             kind: Kind::Upstream { body, checkin },
             access: None,
+            grpc: None,
             sent: 0,
         };
         b.give_back_if_done();
@@ -116,6 +122,12 @@ impl<G: GiveBack> ProxyBody<G> {
     /// Attaches the access line written when this body is done.
     pub fn with_access(mut self, entry: Option<Box<access::Entry>>) -> ProxyBody<G> {
         self.access = entry;
+        self
+    }
+
+    /// Counts the gRPC status in the trailers, when they pass, in `statuses`.
+    pub fn with_grpc(mut self, statuses: Arc<GrpcStatuses>) -> ProxyBody<G> {
+        self.grpc = Some(statuses);
         self
     }
 
@@ -163,6 +175,15 @@ impl<G: GiveBack + Unpin> Body for ProxyBody<G> {
             Kind::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
             Kind::Upstream { body, .. } => {
                 let frame = std::task::ready!(Pin::new(body).poll_frame(cx));
+                if let (Some(Ok(f)), Some(statuses)) = (&frame, &this.grpc)
+                    && let Some(trailers) = f.trailers_ref()
+                    && let Some(status) = crate::grpc::status_of(trailers)
+                {
+                    statuses.inc(status);
+                    if let Some(entry) = this.access.as_mut() {
+                        entry.grpc_status = Some(status);
+                    }
+                }
                 match &frame {
                     // A chunked body says it has ended only by ending.
                     None => this.give_back(),

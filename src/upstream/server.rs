@@ -46,6 +46,8 @@ pub struct Server {
     /// The Host header for requests that came without one (HTTP/1.0).
     pub(super) host: HeaderValue,
     idle: Mutex<VecDeque<Idle>>,
+    /// Open HTTP/2 connections, for upstreams that speak it.
+    pub(super) h2: super::h2::Pool,
     keepalive: AtomicUsize,
     /// Open connections: requests in flight and tunnels.
     load: AtomicU64,
@@ -89,6 +91,7 @@ impl Server {
             host: HeaderValue::from_str(&spec.name)
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
             idle: Mutex::new(VecDeque::new()),
+            h2: super::h2::Pool::default(),
             keepalive: AtomicUsize::new(keepalive),
             load: AtomicU64::new(0),
             health: Health::default(),
@@ -261,6 +264,7 @@ impl Server {
     /// Drops every pooled connection (their settings changed).
     pub fn clear_pool(&self) {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.h2.clear();
     }
 }
 

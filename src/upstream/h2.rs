@@ -1,0 +1,229 @@
+//! HTTP/2 to upstream servers: a few multiplexed connections per server, opened as
+//! streams need them, and requests sent on them.
+//!
+//! A connection that received GOAWAY or died is dropped from the pool at once; a
+//! request it had not started goes to a fresh connection, one it had started fails
+//! (it may have had effects, so it is never sent twice). PINGs on every connection,
+//! idle or not, find a server that stopped answering; that counts as a failure of the
+//! server like a failed connect.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{Request, Uri, Version};
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::{Answer, Checkin, Pooled, Server, Upstream};
+use crate::body::RequestBody;
+use crate::error::ProxyError;
+
+/// Streams sluice opens at once on one connection before it opens another. RFC 9113
+/// §6.5.2 recommends servers allow at least 100; a server that allows fewer makes the
+/// extra streams wait in h2 for a free one, which is still within its limit.
+const STREAMS_PER_CONNECTION: usize = 100;
+
+/// How often an upstream connection is PINGed, and how long an answer may take.
+const PING_INTERVAL: Duration = Duration::from_secs(20);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Attempts on fresh connections for one request that no connection started (each
+/// one having gone away first); a server that keeps doing that is failing.
+const MAX_UNSTARTED_RETRIES: usize = 3;
+
+/// A server's open HTTP/2 connections.
+#[derive(Default)]
+pub(super) struct Pool {
+    conns: Mutex<Vec<Conn>>,
+}
+
+/// One multiplexed connection and the streams sluice has open on it.
+#[derive(Clone)]
+struct Conn {
+    sender: SendRequest<RequestBody>,
+    streams: Arc<AtomicUsize>,
+}
+
+/// One stream's place on its connection, given back when its response is done.
+pub(super) struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl Pool {
+    /// An open connection with room for another stream, and that stream's slot.
+    fn take(&self) -> Option<(SendRequest<RequestBody>, Slot)> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        // A closed connection (GOAWAY, an error, a failed PING) leaves at once.
+        conns.retain(|c| !c.sender.is_closed());
+        let c = conns
+            .iter()
+            .find(|c| c.streams.load(Ordering::Acquire) < STREAMS_PER_CONNECTION)?;
+        c.streams.fetch_add(1, Ordering::AcqRel);
+        Some((c.sender.clone(), Slot(c.streams.clone())))
+    }
+
+    /// Adds a new connection; returns a slot for the stream that opened it.
+    fn add(&self, sender: SendRequest<RequestBody>) -> Slot {
+        let streams = Arc::new(AtomicUsize::new(1));
+        let conn = Conn {
+            sender,
+            streams: streams.clone(),
+        };
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+        Slot(streams)
+    }
+
+    /// Drops every connection (a reload changed how they are made).
+    pub(super) fn clear(&self) {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// The HTTP/2 client settings every upstream connection gets.
+pub(super) fn builder() -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .keep_alive_interval(PING_INTERVAL)
+        .keep_alive_timeout(PING_TIMEOUT)
+        .keep_alive_while_idle(true)
+        // One stream that is read slowly must not stall the others on the connection:
+        // each stream gets its own window, and the connection's holds several.
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(4 * 1024 * 1024);
+    b
+}
+
+impl Upstream {
+    /// Sends an ordinary request to the first server of `plan` that can take it, over
+    /// HTTP/2, and waits up to `timeout` for the response head.
+    pub(super) async fn send_h2(
+        &self,
+        mut req: Request<RequestBody>,
+        plan: &[usize],
+        timeout: Duration,
+    ) -> Result<Answer, ProxyError> {
+        let mut last = None;
+        let mut full = 0;
+        for &i in plan {
+            let server = &self.servers[i];
+            let Some(load) = server.try_load(self.max_per_server) else {
+                full += 1;
+                continue;
+            };
+            self.to_h2(server, &mut req);
+            let mut fresh_tries = 0;
+            loop {
+                let (mut sender, slot, fresh) = match server.h2.take() {
+                    Some((s, slot)) => (s, slot, false),
+                    None => match self.open_h2(server).await {
+                        Ok(s) => {
+                            fresh_tries += 1;
+                            let slot = server.h2.add(s.clone());
+                            (s, slot, true)
+                        }
+                        Err(e) => {
+                            tracing::warn!(upstream = %self.name, server = %server.name, error = %e, "upstream connect failed");
+                            last = Some(e);
+                            break;
+                        }
+                    },
+                };
+                if sender.ready().await.is_err() {
+                    if !fresh {
+                        continue;
+                    }
+                    last = Some(std::io::Error::other("HTTP/2 connection closed at once"));
+                    break;
+                }
+                let sent = tokio::time::timeout(timeout, sender.try_send_request(req))
+                    .await
+                    .map_err(|_| ProxyError::ResponseTimeout(timeout))?;
+                match sent {
+                    Ok(response) => {
+                        return Ok(Answer {
+                            response,
+                            checkin: Checkin {
+                                pooled: Pooled::H2(slot),
+                                load,
+                            },
+                        });
+                    }
+                    Err(mut e) => match e.take_message() {
+                        // Not started: the connection went away first (GOAWAY).
+                        Some(unsent) if fresh_tries < MAX_UNSTARTED_RETRIES => {
+                            tracing::debug!(server = %server.name, "HTTP/2 connection went away before the request started; retrying on another");
+                            req = unsent;
+                        }
+                        _ => return Err(ProxyError::Upstream(e.into_error())),
+                    },
+                }
+            }
+        }
+        Err(self.no_server(last, full, plan.len()))
+    }
+
+    /// Makes an HTTP/1.1-shaped request one for HTTP/2: the target in absolute form
+    /// (`:scheme`, `:authority`), the host taken from `Host`, which HTTP/2 replaces.
+    fn to_h2(&self, server: &Server, req: &mut Request<RequestBody>) {
+        let scheme = if self.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        let host = req
+            .headers_mut()
+            .remove(http::header::HOST)
+            .unwrap_or_else(|| server.host.clone());
+        let authority = Authority::try_from(host.as_bytes())
+            .or_else(|_| Authority::try_from(server.name.as_bytes()))
+            .ok();
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(scheme);
+        parts.authority = authority;
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        } else {
+            // Not an authority: keep the Host header for the server to judge.
+            req.headers_mut()
+                .insert(http::header::HOST, server.host.clone());
+        }
+        *req.version_mut() = Version::HTTP_2;
+    }
+
+    /// Opens an HTTP/2 connection to `server` and starts driving it.
+    async fn open_h2(&self, server: &Arc<Server>) -> std::io::Result<SendRequest<RequestBody>> {
+        let stream = self.open(server).await?;
+        let (sender, conn) = self
+            .h2
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        let server = server.clone();
+        let (max_fails, fail_timeout) = (self.max_fails, self.fail_timeout);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                if e.is_timeout() {
+                    // A PING went unanswered: the server is alive enough to have
+                    // accepted, not to serve.
+                    tracing::warn!(server = %server.name, "upstream HTTP/2 connection stopped answering PINGs");
+                    server.connect_failed(max_fails, fail_timeout);
+                } else {
+                    tracing::debug!(server = %server.name, error = %e, "upstream HTTP/2 connection ended");
+                }
+            }
+        });
+        Ok(sender)
+    }
+}
