@@ -43,6 +43,10 @@ pub enum ProxyError {
     UnexpectedUpgrade,
     #[error("every server is at its connection limit")]
     UpstreamFull,
+    #[error(
+        "the upstream's HTTP/2 SETTINGS do not enable extended CONNECT (RFC 8441), so it cannot take WebSockets over HTTP/2"
+    )]
+    NoExtendedConnect,
 }
 
 /// Which side a failure belongs to.
@@ -67,7 +71,8 @@ impl ProxyError {
             ProxyError::Connect(_)
             | ProxyError::Upstream(_)
             | ProxyError::BadUpgradeResponse(_)
-            | ProxyError::UnexpectedUpgrade => StatusCode::BAD_GATEWAY,
+            | ProxyError::UnexpectedUpgrade
+            | ProxyError::NoExtendedConnect => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -87,6 +92,7 @@ impl ProxyError {
             | ProxyError::Upstream(_)
             | ProxyError::BadUpgradeResponse(_)
             | ProxyError::UnexpectedUpgrade
+            | ProxyError::NoExtendedConnect
             | ProxyError::UpstreamFull => Origin::Upstream,
         }
     }
@@ -106,7 +112,8 @@ impl ProxyError {
             | ProxyError::Connect(_)
             | ProxyError::Upstream(_)
             | ProxyError::BadUpgradeResponse(_)
-            | ProxyError::UnexpectedUpgrade => code::UNAVAILABLE,
+            | ProxyError::UnexpectedUpgrade
+            | ProxyError::NoExtendedConnect => code::UNAVAILABLE,
             ProxyError::ResponseTimeout(_) => code::DEADLINE_EXCEEDED,
         }
     }
@@ -198,6 +205,7 @@ mod tests {
             ),
             (ProxyError::BadUpgradeResponse("x"), 502, Origin::Upstream),
             (ProxyError::UnexpectedUpgrade, 502, Origin::Upstream),
+            (ProxyError::NoExtendedConnect, 502, Origin::Upstream),
         ];
         for (err, status, origin) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");

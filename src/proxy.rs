@@ -382,7 +382,15 @@ impl Proxy {
         };
         let server = load.server().clone();
         x.server = Some(server.clone());
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // Over HTTP/1.1 the upstream accepts with a 101; over HTTP/2 (RFC 8441) with a
+        // 2xx on the stream.
+        let upstream_h2 = route.upstream.speaks_h2();
+        let accepted = if upstream_h2 {
+            resp.status().is_success()
+        } else {
+            resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        };
+        if !accepted {
             // The upstream refused: its answer goes back as an ordinary response, the
             // client's connection stays HTTP, and the upstream connection is closed
             // once the body is through.
@@ -399,7 +407,9 @@ impl Proxy {
                 ProxyBody::upstream(body, None).with_access(entry),
             ));
         }
-        if let Err(error) = handshake::check_response(resp.status(), resp.headers(), &key) {
+        if !upstream_h2
+            && let Err(error) = handshake::check_response(resp.status(), resp.headers(), &key)
+        {
             route.metrics.handshake(HandshakeOutcome::Rejected);
             return Err(error);
         }
@@ -416,6 +426,17 @@ impl Proxy {
             parts.version = Version::HTTP_2;
             StatusCode::OK
         } else {
+            if upstream_h2 {
+                // The upstream's 2xx stands for the 101 this client waits for, with
+                // the accept for the client's own key.
+                parts.status = StatusCode::SWITCHING_PROTOCOLS;
+                parts.headers.remove(http::header::CONTENT_LENGTH);
+                parts.headers.insert(
+                    http::header::SEC_WEBSOCKET_ACCEPT,
+                    HeaderValue::from_bytes(&handshake::accept_for(&key))
+                        .expect("base64 is a valid header value"),
+                );
+            }
             headers::set_websocket_upgrade(&mut parts.headers);
             parts.version = Version::HTTP_11;
             StatusCode::SWITCHING_PROTOCOLS

@@ -317,14 +317,17 @@ impl Upstream {
         Ok(sender)
     }
 
-    /// Sends a WebSocket handshake on a new connection of its own, and waits for the
-    /// response head. The caller checks the response and takes the upgrade; the guard
+    /// Sends a WebSocket handshake on a new connection of its own (over HTTP/2, as an
+    /// extended CONNECT on a shared one), and waits for the response head. The caller checks the response and takes the upgrade; the guard
     /// counts the connection against the server until the tunnel ends.
     pub async fn send_upgrade(
         &self,
         mut req: Request<RequestBody>,
         plan: &[usize],
     ) -> Result<(Response<Incoming>, LoadGuard), ProxyError> {
+        if self.protocol == UpstreamProtocol::H2 {
+            return self.send_connect_h2(req, plan).await;
+        }
         let (load, stream) = self.connect(plan).await?;
         let server = load.server().clone();
         default_host(&server, &mut req);

@@ -7,16 +7,20 @@
 //! idle or not, find a server that stopped answering; that counts as a failure of the
 //! server like a failed connect.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use http::{Request, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::{Answer, Checkin, Pooled, Server, Upstream};
+use super::{Answer, Checkin, LoadGuard, Pooled, Server, Upstream};
 use crate::body::RequestBody;
 use crate::error::ProxyError;
 
@@ -44,9 +48,41 @@ pub(super) struct Pool {
 struct Conn {
     sender: SendRequest<RequestBody>,
     streams: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
-/// One stream's place on its connection, given back when its response is done.
+type Connection = http2::Connection<TokioIo<crate::net::Stream>, RequestBody, TokioExecutor>;
+
+/// The connection itself, driven by its own task and asked about the server's
+/// SETTINGS by requests. hyper shows the SETTINGS only on the connection, and h2
+/// reads them in a task of its own that does not wake this one, so they are read
+/// under the lock when needed rather than copied out when it runs.
+struct Shared {
+    conn: Mutex<Pin<Box<Connection>>>,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS as last seen by the driving task.
+    max_streams: AtomicUsize,
+}
+
+impl Conn {
+    /// Streams this connection may carry at once.
+    fn room(&self) -> usize {
+        self.shared
+            .max_streams
+            .load(Ordering::Relaxed)
+            .min(STREAMS_PER_CONNECTION)
+    }
+
+    /// Whether the server's SETTINGS enabled extended CONNECT (RFC 8441).
+    fn extended_connect(&self) -> bool {
+        let conn = self.shared.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.as_ref()
+            .get_ref()
+            .is_extended_connect_protocol_enabled()
+    }
+}
+
+/// One stream's place on its connection, given back when its response is done (or
+/// its tunnel ends).
 pub(super) struct Slot(Arc<AtomicUsize>);
 
 impl Drop for Slot {
@@ -55,31 +91,44 @@ impl Drop for Slot {
     }
 }
 
+/// Drives a connection until it ends.
+struct Driven(Arc<Shared>);
+
+impl Future for Driven {
+    type Output = Result<(), hyper::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut conn = self.0.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let out = conn.as_mut().poll(cx);
+        let max = conn.as_ref().get_ref().current_max_send_streams();
+        self.0.max_streams.store(max, Ordering::Relaxed);
+        out
+    }
+}
+
 impl Pool {
-    /// An open connection with room for another stream, and that stream's slot.
-    fn take(&self) -> Option<(SendRequest<RequestBody>, Slot)> {
+    /// An open connection with room for another stream within the server's limit
+    /// (and, for a WebSocket, one whose server takes extended CONNECT), and that
+    /// stream's slot.
+    fn take(&self, websocket: bool) -> Option<(Conn, Slot)> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         // A closed connection (GOAWAY, an error, a failed PING) leaves at once.
         conns.retain(|c| !c.sender.is_closed());
-        let c = conns
-            .iter()
-            .find(|c| c.streams.load(Ordering::Acquire) < STREAMS_PER_CONNECTION)?;
+        let c = conns.iter().find(|c| {
+            c.streams.load(Ordering::Acquire) < c.room() && (!websocket || c.extended_connect())
+        })?;
         c.streams.fetch_add(1, Ordering::AcqRel);
-        Some((c.sender.clone(), Slot(c.streams.clone())))
+        Some((c.clone(), Slot(c.streams.clone())))
     }
 
     /// Adds a new connection; returns a slot for the stream that opened it.
-    fn add(&self, sender: SendRequest<RequestBody>) -> Slot {
-        let streams = Arc::new(AtomicUsize::new(1));
-        let conn = Conn {
-            sender,
-            streams: streams.clone(),
-        };
+    fn add(&self, conn: &Conn) -> Slot {
+        conn.streams.fetch_add(1, Ordering::AcqRel);
         self.conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(conn);
-        Slot(streams)
+            .push(conn.clone());
+        Slot(conn.streams.clone())
     }
 
     /// Drops every connection (a reload changed how they are made).
@@ -122,13 +171,13 @@ impl Upstream {
             self.to_h2(server, &mut req);
             let mut fresh_tries = 0;
             loop {
-                let (mut sender, slot, fresh) = match server.h2.take() {
-                    Some((s, slot)) => (s, slot, false),
+                let (mut sender, slot, fresh) = match server.h2.take(false) {
+                    Some((c, slot)) => (c.sender, slot, false),
                     None => match self.open_h2(server).await {
-                        Ok(s) => {
+                        Ok(c) => {
                             fresh_tries += 1;
-                            let slot = server.h2.add(s.clone());
-                            (s, slot, true)
+                            let slot = server.h2.add(&c);
+                            (c.sender, slot, true)
                         }
                         Err(e) => {
                             tracing::warn!(upstream = %self.name, server = %server.name, error = %e, "upstream connect failed");
@@ -203,13 +252,20 @@ impl Upstream {
     }
 
     /// Opens an HTTP/2 connection to `server` and starts driving it.
-    async fn open_h2(&self, server: &Arc<Server>) -> std::io::Result<SendRequest<RequestBody>> {
+    async fn open_h2(&self, server: &Arc<Server>) -> std::io::Result<Conn> {
         let stream = self.open(server).await?;
         let (sender, conn) = self
             .h2
             .handshake(TokioIo::new(stream))
             .await
             .map_err(std::io::Error::other)?;
+        let shared = Arc::new(Shared {
+            conn: Mutex::new(Box::pin(conn)),
+            // Until the server's SETTINGS say otherwise: h2 holds back streams past
+            // the server's limit until others end.
+            max_streams: AtomicUsize::new(STREAMS_PER_CONNECTION),
+        });
+        let conn = Driven(shared.clone());
         let server = server.clone();
         let (max_fails, fail_timeout) = (self.max_fails, self.fail_timeout);
         tokio::spawn(async move {
@@ -224,6 +280,86 @@ impl Upstream {
                 }
             }
         });
-        Ok(sender)
+        Ok(Conn {
+            sender,
+            streams: Arc::new(AtomicUsize::new(0)),
+            shared,
+        })
+    }
+
+    /// Opens a WebSocket to the first server of `plan` that can take one, as an
+    /// extended CONNECT (RFC 8441), and waits for the response head. Only a server
+    /// whose SETTINGS enabled extended CONNECT is sent one: sending `:protocol` to
+    /// one that did not is a protocol error.
+    pub(super) async fn send_connect_h2(
+        &self,
+        mut req: Request<RequestBody>,
+        plan: &[usize],
+    ) -> Result<(Response<Incoming>, LoadGuard), ProxyError> {
+        let mut last = None;
+        let mut full = 0;
+        for &i in plan {
+            let server = &self.servers[i];
+            let Some(load) = server.try_load(self.max_per_server) else {
+                full += 1;
+                continue;
+            };
+            self.to_h2(server, &mut req);
+            // The HTTP/1.1 handshake the request service made becomes RFC 8441's:
+            // CONNECT with `:protocol`, without HTTP/1.1's upgrade headers (which
+            // HTTP/2 forbids) and key (which it does not use).
+            *req.method_mut() = Method::CONNECT;
+            for name in [
+                http::header::CONNECTION,
+                http::header::UPGRADE,
+                http::header::SEC_WEBSOCKET_KEY,
+            ] {
+                req.headers_mut().remove(name);
+            }
+            req.extensions_mut()
+                .insert(hyper::ext::Protocol::from_static("websocket"));
+            let (conn, slot) = match server.h2.take(true) {
+                Some(pair) => pair,
+                None => {
+                    let conn = match self.open_h2(server).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(upstream = %self.name, server = %server.name, error = %e, "upstream connect failed");
+                            last = Some(e);
+                            continue;
+                        }
+                    };
+                    // The server's SETTINGS come first on a new connection, within a
+                    // round trip; one that has not enabled extended CONNECT by the
+                    // connect timeout will not. Nothing wakes a waiter when they are
+                    // read, so it looks again at growing intervals.
+                    let enabled = async {
+                        let mut pause = Duration::from_millis(1);
+                        while !conn.extended_connect() {
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_millis(100));
+                        }
+                    };
+                    if tokio::time::timeout(self.timeouts.connect, enabled)
+                        .await
+                        .is_err()
+                    {
+                        return Err(ProxyError::NoExtendedConnect);
+                    }
+                    let slot = server.h2.add(&conn);
+                    (conn, slot)
+                }
+            };
+            let mut sender = conn.sender;
+            sender.ready().await.map_err(ProxyError::Upstream)?;
+            let response =
+                tokio::time::timeout(self.timeouts.upstream_response, sender.send_request(req))
+                    .await
+                    .map_err(|_| ProxyError::ResponseTimeout(self.timeouts.upstream_response))?
+                    .map_err(ProxyError::Upstream)?;
+            // The tunnel holds its stream's place on the connection for its life.
+            return Ok((response, load.with_slot(slot)));
+        }
+        Err(self.no_server(last, full, plan.len()))
     }
 }

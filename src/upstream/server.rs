@@ -144,7 +144,7 @@ impl Server {
             self.load.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        Some(LoadGuard(self.clone()))
+        Some(LoadGuard(self.clone(), None))
     }
 
     // ---- health ----
@@ -268,12 +268,19 @@ impl Server {
     }
 }
 
-/// One open connection counted against a server's load; released on drop.
-pub struct LoadGuard(Arc<Server>);
+/// One open connection counted against a server's load; released on drop. A tunnel
+/// over a shared HTTP/2 connection also holds its stream's place there.
+pub struct LoadGuard(Arc<Server>, Option<super::h2::Slot>);
 
 impl LoadGuard {
     pub fn server(&self) -> &Arc<Server> {
         &self.0
+    }
+
+    /// Holds `slot` for as long as this guard.
+    pub(super) fn with_slot(mut self, slot: super::h2::Slot) -> LoadGuard {
+        self.1 = Some(slot);
+        self
     }
 }
 
