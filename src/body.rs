@@ -28,14 +28,26 @@ impl GiveBack for () {
 
 /// A client's request body on its way upstream.
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None` for a request sent again without its (empty) body.
+    inner: Option<Incoming>,
     /// Where bytes are counted, when an access line will want them.
     counted: Option<Arc<AtomicU64>>,
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, counted: Option<Arc<AtomicU64>>) -> RequestBody {
-        RequestBody { inner, counted }
+        RequestBody {
+            inner: Some(inner),
+            counted,
+        }
+    }
+
+    /// No body.
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            counted: None,
+        }
     }
 }
 
@@ -47,7 +59,10 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = std::task::ready!(Pin::new(inner).poll_frame(cx));
         if let (Some(Ok(f)), Some(counted)) = (&frame, &self.counted)
             && let Some(data) = f.data_ref()
         {
@@ -57,11 +72,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 

@@ -85,6 +85,17 @@ impl Conn {
 /// its tunnel ends).
 pub(super) struct Slot(Arc<AtomicUsize>);
 
+impl Slot {
+    /// Takes the connection out of use for new streams: it is going away. The
+    /// count is pushed past any limit; the streams still open finish.
+    fn retire(&self) {
+        self.0.fetch_add(GONE, Ordering::AcqRel);
+    }
+}
+
+/// Added to a connection's stream count to retire it.
+const GONE: usize = usize::MAX / 2;
+
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Release);
@@ -151,6 +162,30 @@ pub(super) fn builder() -> http2::Builder<TokioExecutor> {
     b
 }
 
+/// A bodyless request's head, to send it again.
+fn head_of(req: &Request<RequestBody>) -> http::request::Parts {
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    head.into_parts().0
+}
+
+/// Whether an upstream's error says the stream was never processed: refused, or
+/// beyond the last stream a GOAWAY let through. Such a request may be sent again.
+fn unprocessed(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return (h2.is_go_away() && h2.is_remote())
+                || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
+}
+
 impl Upstream {
     /// Sends an ordinary request to the first server of `plan` that can take it, over
     /// HTTP/2, and waits up to `timeout` for the response head.
@@ -170,6 +205,9 @@ impl Upstream {
             };
             self.to_h2(server, &mut req);
             let mut fresh_tries = 0;
+            // Pooled connections found closed when used are skipped, a bounded number
+            // of times (each leaves the pool as it is found).
+            let mut stale = 0;
             loop {
                 let (mut sender, slot, fresh) = match server.h2.take(false) {
                     Some((c, slot)) => (c.sender, slot, false),
@@ -187,12 +225,16 @@ impl Upstream {
                     },
                 };
                 if sender.ready().await.is_err() {
-                    if !fresh {
+                    if !fresh && stale < STREAMS_PER_CONNECTION {
+                        stale += 1;
                         continue;
                     }
                     last = Some(std::io::Error::other("HTTP/2 connection closed at once"));
                     break;
                 }
+                // A request without a body can be sent again if the server refuses its
+                // stream unprocessed; one with a body has given it away.
+                let again = http_body::Body::is_end_stream(req.body()).then(|| head_of(&req));
                 let sent = tokio::time::timeout(timeout, sender.try_send_request(req))
                     .await
                     .map_err(|_| ProxyError::ResponseTimeout(timeout))?;
@@ -206,14 +248,27 @@ impl Upstream {
                             },
                         });
                     }
-                    Err(mut e) => match e.take_message() {
-                        // Not started: the connection went away first (GOAWAY).
-                        Some(unsent) if fresh_tries < MAX_UNSTARTED_RETRIES => {
-                            tracing::debug!(server = %server.name, "HTTP/2 connection went away before the request started; retrying on another");
-                            req = unsent;
+                    Err(mut e) => {
+                        let unsent = e.take_message();
+                        let error = e.into_error();
+                        let refused = unprocessed(&error);
+                        if refused {
+                            // GOAWAY, or a refused stream: no new stream goes there.
+                            slot.retire();
                         }
-                        _ => return Err(ProxyError::Upstream(e.into_error())),
-                    },
+                        match (unsent, again) {
+                            // Not started: the connection went away first, or the
+                            // server refused the stream unprocessed (RFC 9113 §8.7).
+                            (Some(r), _) if fresh_tries < MAX_UNSTARTED_RETRIES => req = r,
+                            (None, Some(head))
+                                if refused && fresh_tries < MAX_UNSTARTED_RETRIES =>
+                            {
+                                req = Request::from_parts(head, RequestBody::empty());
+                            }
+                            _ => return Err(ProxyError::Upstream(error)),
+                        }
+                        tracing::debug!(server = %server.name, "HTTP/2 stream refused unprocessed; sending it on another connection");
+                    }
                 }
             }
         }
@@ -222,19 +277,20 @@ impl Upstream {
 
     /// Makes an HTTP/1.1-shaped request one for HTTP/2: the target in absolute form
     /// (`:scheme`, `:authority`), the host taken from `Host`, which HTTP/2 replaces.
+    /// Done again for each server tried, which keeps the authority made the first time.
     fn to_h2(&self, server: &Server, req: &mut Request<RequestBody>) {
         let scheme = if self.tls.is_some() {
             Scheme::HTTPS
         } else {
             Scheme::HTTP
         };
-        let host = req
-            .headers_mut()
-            .remove(http::header::HOST)
-            .unwrap_or_else(|| server.host.clone());
-        let authority = Authority::try_from(host.as_bytes())
-            .or_else(|_| Authority::try_from(server.name.as_bytes()))
-            .ok();
+        let host = req.headers_mut().remove(http::header::HOST);
+        let authority = match (req.uri().authority(), host) {
+            (Some(a), _) => Some(a.clone()),
+            (None, Some(h)) => Authority::try_from(h.as_bytes()).ok(),
+            (None, None) => None,
+        }
+        .or_else(|| Authority::try_from(server.name.as_bytes()).ok());
         let mut parts = req.uri().clone().into_parts();
         parts.scheme = Some(scheme);
         parts.authority = authority;
