@@ -16,6 +16,8 @@ pub struct Entry {
     pub started: Instant,
     pub listener: Arc<str>,
     pub client: SocketAddr,
+    /// The client connection's HTTP version: `http1` or `h2`.
+    pub protocol: &'static str,
     pub method: Method,
     pub host: Option<HeaderValue>,
     pub uri: Uri,
@@ -42,13 +44,8 @@ impl Entry {
     }
 
     /// Writes the line for a finished tunnel: its bytes each way and why it ended.
-    pub fn finish_tunnel(self, report: &crate::tunnel::Report) {
-        self.write(
-            "tunnel",
-            report.client_to_upstream,
-            report.upstream_to_client,
-            Some(report.end.as_str()),
-        );
+    pub fn finish_tunnel(self, client_to_upstream: u64, upstream_to_client: u64, end: &str) {
+        self.write("tunnel", client_to_upstream, upstream_to_client, Some(end));
     }
 
     fn write(&self, kind: &str, bytes_in: u64, bytes_out: u64, end: Option<&str>) {
@@ -57,6 +54,7 @@ impl Entry {
             kind,
             listener = &*self.listener,
             client = %self.client,
+            protocol = self.protocol,
             method = %self.method,
             host = self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
             path = self.path(),

@@ -12,7 +12,18 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access;
-use crate::upstream::Checkin;
+
+/// What an upstream's body hands back once it has been read to its end: the pooled
+/// connection it arrived on. Implemented by the upstream pool, so that bodies need
+/// nothing of it.
+pub trait GiveBack {
+    fn give_back(self);
+}
+
+/// Nothing to give back.
+impl GiveBack for () {
+    fn give_back(self) {}
+}
 
 /// A client's request body on its way upstream.
 pub struct RequestBody {
@@ -54,27 +65,27 @@ impl Body for RequestBody {
 }
 
 /// A response body: one of sluice's own, or an upstream's, streamed.
-pub struct ProxyBody {
-    kind: Kind,
+pub struct ProxyBody<G: GiveBack> {
+    kind: Kind<G>,
     /// The access line to write once the body has been sent (or abandoned).
     access: Option<Box<access::Entry>>,
     sent: u64,
 }
 
-enum Kind {
+enum Kind<G> {
     Full(Option<Bytes>),
     Upstream {
         body: Incoming,
         /// The pooled connection the body arrives on, given back to the pool once the
         /// body has been read to its end; dropped (and the connection closed) if the
         /// body is abandoned half-way.
-        checkin: Option<Checkin>,
+        checkin: Option<G>,
     },
 }
 
-impl ProxyBody {
+impl<G: GiveBack> ProxyBody<G> {
     /// A body of known bytes.
-    pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    pub fn full(bytes: impl Into<Bytes>) -> ProxyBody<G> {
         ProxyBody {
             kind: Kind::Full(Some(bytes.into())),
             access: None,
@@ -83,7 +94,7 @@ impl ProxyBody {
     }
 
     /// No body.
-    pub fn empty() -> ProxyBody {
+    pub fn empty() -> ProxyBody<G> {
         ProxyBody {
             kind: Kind::Full(None),
             access: None,
@@ -92,7 +103,7 @@ impl ProxyBody {
     }
 
     /// An upstream's body, streamed; `checkin` returns its connection to the pool.
-    pub fn upstream(body: Incoming, checkin: Option<Checkin>) -> ProxyBody {
+    pub fn upstream(body: Incoming, checkin: Option<G>) -> ProxyBody<G> {
         let mut b = ProxyBody {
             kind: Kind::Upstream { body, checkin },
             access: None,
@@ -103,7 +114,7 @@ impl ProxyBody {
     }
 
     /// Attaches the access line written when this body is done.
-    pub fn with_access(mut self, entry: Option<Box<access::Entry>>) -> ProxyBody {
+    pub fn with_access(mut self, entry: Option<Box<access::Entry>>) -> ProxyBody<G> {
         self.access = entry;
         self
     }
@@ -131,7 +142,7 @@ impl ProxyBody {
     }
 }
 
-impl Drop for ProxyBody {
+impl<G: GiveBack> Drop for ProxyBody<G> {
     fn drop(&mut self) {
         // A body dropped before its end: the client went away, or hyper had nothing to
         // send (HEAD, 204). Either way the request is over.
@@ -139,7 +150,7 @@ impl Drop for ProxyBody {
     }
 }
 
-impl Body for ProxyBody {
+impl<G: GiveBack + Unpin> Body for ProxyBody<G> {
     type Data = Bytes;
     type Error = hyper::Error;
 

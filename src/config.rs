@@ -128,6 +128,8 @@ pub(crate) struct File {
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
+    pub http2: Http2File,
+    #[serde(default)]
     pub log: LogFile,
     #[serde(default)]
     pub runtime: RuntimeFile,
@@ -172,6 +174,16 @@ pub(crate) struct LimitsFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(crate) struct Http2File {
+    pub max_concurrent_streams: Option<Spanned<i64>>,
+    pub keepalive_interval: Option<Spanned<String>>,
+    pub keepalive_timeout: Option<Spanned<String>>,
+    pub stream_window: Option<Spanned<i64>>,
+    pub connection_window: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct TcpFile {
     pub keepalive: Option<Spanned<String>>,
     pub keepalive_interval: Option<Spanned<String>>,
@@ -203,6 +215,7 @@ pub(crate) struct ListenerFile {
     pub redirect_https_port: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
     pub reuse_port: Option<bool>,
+    pub http2: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,9 @@
 //! One client connection: the TLS handshake (under its own timeout) on TLS listeners,
-//! then HTTP/1.1 with upgrades under the header timeout and size limit, closed
-//! gracefully when the gateway drains.
+//! the choice of HTTP version (ALPN on TLS, the HTTP/2 preface on plain listeners that
+//! take it), then HTTP/1.1 with upgrades under the header timeout and size limit, or
+//! HTTP/2 ([`http2`]); closed gracefully when the gateway drains.
+
+mod http2;
 
 use std::convert::Infallible;
 use std::fmt;
@@ -8,9 +11,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Limits, ListenerSettings, Tcp, Timeouts};
+use crate::client::{ConnGuard, ConnInfo, Protocol, Streams};
+use crate::config::{Http2, Limits, ListenerSettings, Tcp, Timeouts};
 use crate::headers::Forwarded;
-use crate::limits::{Admission, ConnLimit};
+use crate::limits::ConnLimit;
 use crate::metrics::ListenerMetrics;
 use crate::proxy::Proxy;
 use crate::shutdown::Shutdown;
@@ -33,7 +37,12 @@ pub struct ListenerCtx {
     pub limit: Option<Arc<ConnLimit>>,
     pub tcp: Tcp,
     tls_handshake: Duration,
+    /// How long a client may take to send a request head, or keep an HTTP/2
+    /// connection open with no stream.
+    request_header: Duration,
     http: http1::Builder,
+    /// Set when the listener serves HTTP/2.
+    h2: Option<http2::Builder>,
 }
 
 impl ListenerCtx {
@@ -42,6 +51,7 @@ impl ListenerCtx {
         metrics: ListenerMetrics,
         timeouts: &Timeouts,
         limits: &Limits,
+        http2: &Http2,
         tcp: Tcp,
         limit: Option<Arc<ConnLimit>>,
     ) -> Result<Self, TlsError> {
@@ -57,12 +67,18 @@ impl ListenerCtx {
         Ok(ListenerCtx {
             name: settings.name.as_str().into(),
             metrics,
-            tls: settings.tls.as_ref().map(ServerTls::new).transpose()?,
+            tls: settings
+                .tls
+                .as_ref()
+                .map(|t| ServerTls::new(t, settings.http2))
+                .transpose()?,
             redirect_https: settings.redirect_https,
             limit,
             tcp,
             tls_handshake: timeouts.tls_handshake,
+            request_header: timeouts.request_header,
             http,
+            h2: settings.http2.then(|| http2::builder(http2, limits)),
         })
     }
 }
@@ -70,62 +86,6 @@ impl ListenerCtx {
 impl fmt::Display for ListenerCtx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name)
-    }
-}
-
-/// A client connection's place under the limits, and in the gauges; held from
-/// accept until the connection, or the tunnel it became, is gone.
-pub struct ConnGuard {
-    _admission: Admission,
-    active: prometheus::IntGauge,
-}
-
-impl ConnGuard {
-    pub fn new(admission: Admission, metrics: &ListenerMetrics) -> ConnGuard {
-        metrics.total.inc();
-        metrics.active.inc();
-        ConnGuard {
-            _admission: admission,
-            active: metrics.active.clone(),
-        }
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.active.dec();
-    }
-}
-
-/// One client connection's identity. Tunnels keep it alive after hyper has let the
-/// connection go, so the connection limit and gauge count tunnels too.
-pub struct ConnInfo {
-    pub client: SocketAddr,
-    pub listener: Arc<ListenerCtx>,
-    pub forwarded: Forwarded,
-    /// Whether the client connected with TLS.
-    pub tls: bool,
-    _guard: ConnGuard,
-}
-
-/// What a tunnel keeps of its client connection: its place under the limits and in
-/// the gauges.
-pub enum Held {
-    /// The connection's state was the tunnel's alone: only the guard is kept.
-    Guard(ConnGuard),
-    /// Still shared (hyper had not let go yet): all of it is kept.
-    Shared(Arc<ConnInfo>),
-}
-
-impl ConnInfo {
-    /// Trades a connection's state for the part a tunnel needs, freeing the rest
-    /// when the tunnel holds the only reference. Returns the client's address too.
-    pub fn into_held(conn: Arc<ConnInfo>) -> (SocketAddr, Held) {
-        let client = conn.client;
-        match Arc::try_unwrap(conn) {
-            Ok(info) => (client, Held::Guard(info._guard)),
-            Err(shared) => (client, Held::Shared(shared)),
-        }
     }
 }
 
@@ -142,14 +102,24 @@ pub async fn handle(
     guard: ConnGuard,
 ) {
     let Some(tls) = &ctx.tls else {
-        let info = ConnInfo {
-            client,
-            listener: ctx.clone(),
-            forwarded: Forwarded::new(client.ip(), false),
-            tls: false,
-            _guard: guard,
+        let protocol = match &ctx.h2 {
+            None => Protocol::Http1,
+            Some(_) => {
+                let sniffed = tokio::select! {
+                    p = http2::sniff_preface(&stream, ctx.request_header) => p,
+                    () = shutdown.stopped() => return,
+                };
+                match sniffed {
+                    Some(p) => p,
+                    None => {
+                        tracing::debug!(%client, listener = %ctx.name, "no request in time: closed");
+                        return;
+                    }
+                }
+            }
         };
-        return serve(stream, info, proxy, shutdown).await;
+        let info = conn_info(client, &ctx, false, protocol, guard);
+        return serve(stream, info, &ctx, proxy, shutdown).await;
     };
     let handshake = tokio::time::timeout(ctx.tls_handshake, accept_tls(stream, tls));
     let stream = tokio::select! {
@@ -169,14 +139,36 @@ pub async fn handle(
         () = shutdown.stopped() => return,
     };
     ctx.metrics.tls_ok.inc();
-    let info = ConnInfo {
-        client,
-        listener: ctx.clone(),
-        forwarded: Forwarded::new(client.ip(), true),
-        tls: true,
-        _guard: guard,
+    // ALPN decides: only a client that chose h2 speaks it.
+    let protocol = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") if ctx.h2.is_some() => Protocol::H2,
+        _ => Protocol::Http1,
     };
-    serve(stream, info, proxy, shutdown).await;
+    let info = conn_info(client, &ctx, true, protocol, guard);
+    serve(stream, info, &ctx, proxy, shutdown).await;
+}
+
+fn conn_info(
+    client: SocketAddr,
+    ctx: &ListenerCtx,
+    tls: bool,
+    protocol: Protocol,
+    guard: ConnGuard,
+) -> ConnInfo {
+    match protocol {
+        Protocol::Http1 => ctx.metrics.http1.inc(),
+        Protocol::H2 => ctx.metrics.h2.inc(),
+    }
+    ConnInfo {
+        client,
+        listener: ctx.name.clone(),
+        redirect_https: ctx.redirect_https,
+        forwarded: Forwarded::new(client.ip(), tls),
+        tls,
+        protocol,
+        streams: Streams::default(),
+        guard,
+    }
 }
 
 /// Completes a server TLS handshake. A client that speaks plain HTTP to the TLS port
@@ -213,12 +205,15 @@ async fn accept_tls(
         .map_err(|e| e.to_string())
 }
 
-/// Serves HTTP/1.1 on a connection until it closes or upgrades.
-async fn serve<I>(io: I, info: ConnInfo, proxy: Arc<Proxy>, shutdown: Shutdown)
+/// Serves a connection in its protocol until it closes (or, on HTTP/1.1, upgrades).
+async fn serve<I>(io: I, info: ConnInfo, ctx: &ListenerCtx, proxy: Arc<Proxy>, shutdown: Shutdown)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let info = Arc::new(info);
+    if let (Protocol::H2, Some(h2)) = (info.protocol, &ctx.h2) {
+        return http2::serve(io, info, h2, ctx.request_header, proxy, shutdown).await;
+    }
     let service = {
         let info = info.clone();
         service_fn(move |req| {
@@ -227,8 +222,7 @@ where
             async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
         })
     };
-    let conn = info
-        .listener
+    let conn = ctx
         .http
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();

@@ -54,7 +54,7 @@ async fn answer(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
     if handshake::classify(req.method(), req.headers()) == Upgrade::WebSocket {
         let accept = match handshake::check_request(req.version(), req.headers()) {
             Ok(key) => handshake::accept_for(key),
-            Err(e) => return Ok(e.response().map(|_| Full::new(Bytes::new()))),
+            Err(e) => return Ok(e.response::<()>().map(|_| Full::new(Bytes::new()))),
         };
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::body::ProxyBody;
+use crate::body::{GiveBack, ProxyBody};
 
 /// Everything that stops a request from being proxied.
 ///
@@ -91,7 +91,7 @@ impl ProxyError {
     }
 
     /// The response sent to the client: the status and a short plain-text body.
-    pub fn response(&self) -> Response<ProxyBody> {
+    pub fn response<G: GiveBack>(&self) -> Response<ProxyBody<G>> {
         let status = self.status();
         let text = match self {
             // Client errors say what was wrong; upstream errors say only what failed,
@@ -160,13 +160,13 @@ mod tests {
         for (err, status, origin) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
             assert_eq!(err.origin(), origin, "{err:?}");
-            assert_eq!(err.response().status().as_u16(), status);
+            assert_eq!(err.response::<()>().status().as_u16(), status);
         }
     }
 
     #[test]
     fn upgrade_required_names_the_version() {
-        let resp = ProxyError::UnsupportedVersion.response();
+        let resp = ProxyError::UnsupportedVersion.response::<()>();
         assert_eq!(resp.headers()[header::SEC_WEBSOCKET_VERSION], "13");
     }
 }

@@ -244,6 +244,7 @@ impl Gateway {
                 self.metrics.listener(&l.name),
                 &settings.timeouts,
                 &settings.limits,
+                &settings.http2,
                 settings.tcp,
                 limit.clone(),
             )
@@ -288,7 +289,7 @@ impl Gateway {
             match (p.socket, old) {
                 (None, Some(mut old)) => {
                     if let Some(socket) = old.socket.upgrade()
-                        && let Err(e) = server::set_tcp_options(&*socket, &p.ctx.tcp)
+                        && let Err(e) = crate::net::set_tcp_options(&*socket, &p.ctx.tcp)
                     {
                         tracing::warn!(listener = %p.settings.name, error = %e, "cannot change TCP options");
                     }

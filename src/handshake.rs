@@ -1,5 +1,7 @@
 //! The WebSocket opening handshake (RFC 6455 §4): recognising it, checking the
 //! client's side, and checking the upstream's `101` before anything is tunnelled.
+//! Over HTTP/2 a WebSocket opens with an extended CONNECT (RFC 8441); it is checked
+//! the same way and sent upstream as an HTTP/1.1 handshake with a key of sluice's.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -20,13 +22,44 @@ pub enum Upgrade {
     None,
     /// A WebSocket opening handshake.
     WebSocket,
+    /// A WebSocket opened over HTTP/2: an extended CONNECT with `:protocol`
+    /// `websocket` (RFC 8441).
+    WebSocketH2,
     /// Any other upgrade (`h2c`, TLS, ...): never honoured, the request is proxied as
     /// ordinary HTTP with the upgrade headers removed.
     Other,
 }
 
-/// Classifies a request: a WebSocket handshake is a `GET` whose `Connection` holds
-/// `upgrade` and whose `Upgrade` holds `websocket` (both case-insensitive lists).
+impl Upgrade {
+    /// Whether the request opens a WebSocket, over either HTTP version.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Upgrade::WebSocket | Upgrade::WebSocketH2)
+    }
+}
+
+/// Classifies a request, over HTTP/1.1 by [`classify`], over HTTP/2 by its method
+/// and `:protocol`.
+pub fn classify_request<B>(req: &http::Request<B>) -> Upgrade {
+    if req.method() == Method::CONNECT {
+        let websocket = req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        return if websocket && req.version() == Version::HTTP_2 {
+            Upgrade::WebSocketH2
+        } else {
+            Upgrade::None
+        };
+    }
+    // HTTP/2 has no Upgrade; a client that sends the header anyway asks for nothing.
+    if req.version() == Version::HTTP_2 {
+        return Upgrade::None;
+    }
+    classify(req.method(), req.headers())
+}
+
+/// Classifies an HTTP/1.1 request: a WebSocket handshake is a `GET` whose `Connection`
+/// holds `upgrade` and whose `Upgrade` holds `websocket` (both case-insensitive lists).
 pub fn classify(method: &Method, headers: &HeaderMap) -> Upgrade {
     if !headers.contains_key(header::UPGRADE) {
         return Upgrade::None;
@@ -71,6 +104,37 @@ pub fn check_request(version: Version, headers: &HeaderMap) -> Result<&[u8], Pro
         return Err(ProxyError::BadHandshake("a handshake cannot carry a body"));
     }
     Ok(key)
+}
+
+/// Checks an extended CONNECT that opens a WebSocket over HTTP/2 (RFC 8441 §5): the
+/// version, and no body. It has no key; [`new_key`] makes the one sent upstream.
+pub fn check_request_h2(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let versions = headers.get_all(header::SEC_WEBSOCKET_VERSION);
+    if versions.iter().count() != 1 || versions.iter().any(|v| v.as_bytes() != b"13") {
+        return Err(ProxyError::UnsupportedVersion);
+    }
+    // The stream carries the tunnel's bytes after the 200; before it, nothing.
+    let content_length_nonzero = headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .any(|v| v.as_bytes().iter().any(|&b| b != b'0'));
+    if content_length_nonzero {
+        return Err(ProxyError::BadHandshake("a handshake cannot carry a body"));
+    }
+    Ok(())
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64, for a handshake sluice
+/// sends upstream on a client's behalf. It proves only that the upstream understood
+/// a WebSocket handshake, so it needs to be unpredictable, not secret.
+pub fn new_key() -> [u8; 24] {
+    let nonce = fastrand::u128(..).to_le_bytes();
+    let mut out = [0u8; 24];
+    let n = BASE64
+        .encode_slice(nonce, &mut out)
+        .expect("16 bytes encode to 24");
+    debug_assert_eq!(n, 24);
+    out
 }
 
 /// A key is the base64 encoding of 16 bytes: 24 characters ending in `==`.
@@ -144,6 +208,68 @@ mod tests {
             HeaderValue::from_static("13"),
         );
         h
+    }
+
+    #[test]
+    fn new_keys_are_valid_and_differ() {
+        let (a, b) = (new_key(), new_key());
+        assert!(valid_key(&a) && valid_key(&b));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn extended_connect_is_a_websocket_only_over_http2() {
+        let connect = |protocol: Option<&'static str>, version| {
+            let mut req = http::Request::connect("https://example.com/chat")
+                .version(version)
+                .body(())
+                .unwrap();
+            if let Some(p) = protocol {
+                req.extensions_mut()
+                    .insert(hyper::ext::Protocol::from_static(p));
+            }
+            classify_request(&req)
+        };
+        assert_eq!(
+            connect(Some("websocket"), Version::HTTP_2),
+            Upgrade::WebSocketH2
+        );
+        assert_eq!(
+            connect(Some("WebSocket"), Version::HTTP_2),
+            Upgrade::WebSocketH2
+        );
+        assert_eq!(
+            connect(Some("webtransport"), Version::HTTP_2),
+            Upgrade::None
+        );
+        assert_eq!(connect(None, Version::HTTP_2), Upgrade::None);
+        assert_eq!(connect(Some("websocket"), Version::HTTP_11), Upgrade::None);
+        // An HTTP/2 GET with HTTP/1.1's upgrade headers asks for nothing.
+        let mut get = http::Request::get("https://example.com/")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
+        *get.headers_mut() = handshake();
+        assert_eq!(classify_request(&get), Upgrade::None);
+    }
+
+    #[test]
+    fn http2_handshake_checks() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(
+            check_request_h2(&h),
+            Err(ProxyError::UnsupportedVersion)
+        ));
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        assert!(check_request_h2(&h).is_ok());
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        assert!(matches!(
+            check_request_h2(&h),
+            Err(ProxyError::BadHandshake(_))
+        ));
     }
 
     #[test]

@@ -108,6 +108,23 @@ pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded, host: Option<&Hea
     }
 }
 
+/// Joins several `Cookie` fields into one, pairs separated by `; ` (RFC 9113
+/// §8.2.3), as an HTTP/1.1 server expects them.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// Marks a message as a WebSocket upgrade: `Connection: Upgrade`, `Upgrade: websocket`.
 pub fn set_websocket_upgrade(headers: &mut HeaderMap) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -178,6 +195,17 @@ mod tests {
         let mut h = HeaderMap::new();
         set_forwarded(&mut h, &fwd, None);
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
+    }
+
+    #[test]
+    fn split_cookies_are_joined_in_order() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2; c=3");
+        let mut one = map(&[("cookie", "a=1; b=2")]);
+        join_cookies(&mut one);
+        assert_eq!(one[header::COOKIE], "a=1; b=2");
     }
 
     #[test]

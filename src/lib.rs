@@ -10,6 +10,7 @@
 //! - [`gateway`]: starts everything one configuration runs; the library's entry point.
 //! - [`server`]: listeners: bind, connection limit, accept with back-off.
 //! - [`conn`]: one client connection served as HTTP/1.1 with upgrades.
+//! - [`client`]: a client connection's identity and its place under the limits.
 //! - [`proxy`]: the request service: check, route, rewrite, forward, respond, log.
 //! - [`request`]: request checks and rewriting: host, dot segments, HTTPS redirect, head.
 //! - [`access`]: the access log, one line per request and per tunnel.
@@ -27,6 +28,7 @@
 //! - [`body`]: the response body type: sluice's own messages or a streamed upstream body.
 //! - [`error`]: the one proxy error type and its status mapping.
 //! - [`metrics`]: the Prometheus registry and typed handles.
+//! - [`net`]: TCP options both legs get, and the upstream stream (plain or TLS).
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`shutdown`]: drain with a grace period, counting tunnels as well as connections.
 //! - [`echo`]: the built-in WebSocket echo upstream.
@@ -35,6 +37,7 @@ pub mod access;
 pub mod admin;
 pub mod balance;
 pub mod body;
+pub mod client;
 pub mod config;
 pub mod conn;
 pub mod echo;
@@ -44,6 +47,7 @@ pub mod handshake;
 pub mod headers;
 pub mod limits;
 pub mod metrics;
+pub mod net;
 pub mod origin;
 pub mod proxy;
 pub mod ratelimit;

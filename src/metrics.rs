@@ -31,6 +31,7 @@ pub struct Metrics {
     connections_active: IntGaugeVec,
     connections_total: IntCounterVec,
     connections_refused: IntCounterVec,
+    connections_negotiated: IntCounterVec,
     tls_handshakes: IntCounterVec,
     tunnels_active: IntGaugeVec,
     handshakes: IntCounterVec,
@@ -100,6 +101,12 @@ impl Metrics {
                 "sluice_connections_refused_total",
                 "Client connections closed at accept because a limit was reached.",
                 &["listener", "limit"],
+            ),
+            connections_negotiated: family!(
+                IntCounterVec,
+                "sluice_connections_negotiated_total",
+                "Client connections by the HTTP version they speak (http1, h2).",
+                &["listener", "protocol"],
             ),
             tls_handshakes: family!(
                 IntCounterVec,
@@ -231,6 +238,10 @@ impl Metrics {
             }),
             tls_ok: self.tls_handshakes.with_label_values(&[name, "ok"]),
             tls_error: self.tls_handshakes.with_label_values(&[name, "error"]),
+            http1: self
+                .connections_negotiated
+                .with_label_values(&[name, "http1"]),
+            h2: self.connections_negotiated.with_label_values(&[name, "h2"]),
         }
     }
 
@@ -320,6 +331,9 @@ pub struct ListenerMetrics {
     refused: [IntCounter; 3],
     pub tls_ok: IntCounter,
     pub tls_error: IntCounter,
+    /// Connections served as HTTP/1.1, and as HTTP/2.
+    pub http1: IntCounter,
+    pub h2: IntCounter,
 }
 
 impl ListenerMetrics {

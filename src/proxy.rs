@@ -17,8 +17,8 @@ use hyper::body::Incoming;
 
 use crate::access;
 use crate::body::{ProxyBody, RequestBody};
+use crate::client::{ConnInfo, Held};
 use crate::config::Timeouts;
-use crate::conn::{ConnInfo, Held};
 use crate::error::{Origin, ProxyError};
 use crate::handshake::{self, Upgrade};
 use crate::headers;
@@ -28,7 +28,11 @@ use crate::request::{has_dot_segments, redirect_to_https, request_host, rewrite_
 use crate::route::{Route, RouteTable, offers_subprotocol};
 use crate::shutdown::Shutdown;
 use crate::tunnel;
-use crate::upstream::{LoadGuard, Server};
+use crate::upstream::{Checkin, LoadGuard, Server};
+
+/// The body of every response sent to a client: sluice's own, or an upstream's
+/// whose pooled connection goes back to the pool once the body is through.
+pub type ClientBody = ProxyBody<Checkin>;
 
 /// What requests are served with; replaced whole on reload, so a request sees either
 /// the old or the new configuration, never half of each.
@@ -99,7 +103,7 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         conn: &Arc<ConnInfo>,
-    ) -> Response<ProxyBody> {
+    ) -> Response<ClientBody> {
         let access = self.state.load().access;
         let mut x = Exchange {
             conn,
@@ -109,10 +113,15 @@ impl Proxy {
             access: access.enabled.then(|| {
                 Box::new(access::Entry {
                     started: Instant::now(),
-                    listener: conn.listener.name.clone(),
+                    listener: conn.listener.clone(),
                     client: conn.client,
+                    protocol: conn.protocol.as_str(),
                     method: req.method().clone(),
-                    host: req.headers().get(http::header::HOST).cloned(),
+                    // HTTP/2 names the host in `:authority`.
+                    host: req.headers().get(http::header::HOST).cloned().or_else(|| {
+                        let authority = req.uri().authority()?;
+                        HeaderValue::from_str(authority.as_str()).ok()
+                    }),
                     uri: req.uri().clone(),
                     with_query: access.query,
                     route: None,
@@ -149,15 +158,16 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         x: &mut Exchange<'_>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ClientBody>, ProxyError> {
         // ---- check ----
-        if req.method() == Method::CONNECT {
+        let upgrade = handshake::classify_request(&req);
+        if req.method() == Method::CONNECT && upgrade != Upgrade::WebSocketH2 {
             return Err(ProxyError::MethodNotAllowed(
                 "CONNECT: this is not a forward proxy",
             ));
         }
         let host = request_host(&req)?;
-        if let Some(port) = x.conn.listener.redirect_https {
+        if let Some(port) = x.conn.redirect_https {
             let resp = redirect_to_https(&req, host.as_ref(), port);
             let entry = x.entry(resp.status());
             return Ok(resp.map(|b| b.with_access(entry)));
@@ -165,7 +175,6 @@ impl Proxy {
         if has_dot_segments(req.uri().path()) {
             return Err(ProxyError::BadRequest("the path has `.` or `..` segments"));
         }
-        let upgrade = handshake::classify(req.method(), req.headers());
 
         // ---- route ----
         let (timeouts, lifetime) = {
@@ -175,7 +184,7 @@ impl Proxy {
             x.route = state
                 .routes
                 .find(host, req.uri().path(), |p| {
-                    upgrade == Upgrade::WebSocket && offers_subprotocol(headers, p)
+                    upgrade.is_websocket() && offers_subprotocol(headers, p)
                 })
                 .cloned();
             (state.timeouts, state.max_tunnel_lifetime)
@@ -184,8 +193,8 @@ impl Proxy {
             return Err(ProxyError::NoRoute);
         };
 
-        if upgrade == Upgrade::WebSocket {
-            let key = match self.check_handshake(&req, &route, x.conn) {
+        if upgrade.is_websocket() {
+            let key = match self.check_handshake(&req, upgrade, &route, x.conn) {
                 Ok(k) => k,
                 Err(e) => {
                     route.metrics.handshake(HandshakeOutcome::Rejected);
@@ -205,8 +214,13 @@ impl Proxy {
             // moves each request's future at least twice, plain requests too. Boxing
             // it took plain requests from 17.8 to 17.5 µs of CPU (medians of eight
             // benches/compare.sh-style runs) and left handshakes unchanged.
-            return Box::pin(self.handshake(req, host, key, client_upgrade, &route, x, limits))
-                .await;
+            let handshake = Handshake {
+                upgrade,
+                key,
+                client_upgrade,
+                limits,
+            };
+            return Box::pin(self.handshake(req, host, handshake, &route, x)).await;
         }
 
         // ---- rewrite, forward ----
@@ -254,16 +268,24 @@ impl Proxy {
         ))
     }
 
-    /// Checks a handshake before it goes anywhere: well-formed (RFC 6455), from an
-    /// allowed Origin, and within the client's handshake rate. Returns its key.
+    /// Checks a handshake before it goes anywhere: well-formed (RFC 6455, or RFC 8441
+    /// over HTTP/2), from an allowed Origin, and within the client's handshake rate.
+    /// Returns the key the upstream's 101 must answer: the client's, or over HTTP/2 a
+    /// new one of sluice's.
     fn check_handshake(
         &self,
         req: &Request<Incoming>,
+        upgrade: Upgrade,
         route: &Route,
         conn: &ConnInfo,
     ) -> Result<[u8; 24], ProxyError> {
-        let key = handshake::check_request(req.version(), req.headers())?;
-        let key = <[u8; 24]>::try_from(key).expect("a checked key is 24 bytes");
+        let key = if upgrade == Upgrade::WebSocketH2 {
+            handshake::check_request_h2(req.headers())?;
+            handshake::new_key()
+        } else {
+            let key = handshake::check_request(req.version(), req.headers())?;
+            <[u8; 24]>::try_from(key).expect("a checked key is 24 bytes")
+        };
         // Browsers always send Origin with a WebSocket handshake; a request without one
         // is not a browser's, and cross-site hijacking needs a browser.
         if let (Some(policy), Some(origin)) =
@@ -280,23 +302,33 @@ impl Proxy {
     }
 
     /// Forwards a checked WebSocket handshake and, on a valid 101, answers the client
-    /// with it and starts the tunnel.
-    #[allow(clippy::too_many_arguments)]
+    /// (with the 101 over HTTP/1.1, with a 200 on its stream over HTTP/2) and starts
+    /// the tunnel.
     async fn handshake(
         &self,
         req: Request<Incoming>,
         host: Option<HeaderValue>,
-        key: [u8; 24],
-        client_upgrade: hyper::upgrade::OnUpgrade,
+        hs: Handshake,
         route: &Arc<Route>,
         x: &mut Exchange<'_>,
-        limits: TunnelLimits,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ClientBody>, ProxyError> {
+        let Handshake {
+            upgrade,
+            key,
+            client_upgrade,
+            limits,
+        } = hs;
         let plan = route
             .upstream
             .plan(req.headers(), req.uri().query(), x.conn.client.ip());
         let (mut parts, body) = req.into_parts();
-        rewrite_request(&mut parts, x.conn, host, Upgrade::WebSocket);
+        rewrite_request(&mut parts, x.conn, host, upgrade);
+        if upgrade == Upgrade::WebSocketH2 {
+            parts.headers.insert(
+                http::header::SEC_WEBSOCKET_KEY,
+                HeaderValue::from_bytes(&key).expect("base64 is a valid header value"),
+            );
+        }
         let req = Request::from_parts(parts, RequestBody::new(body, None));
         let (mut resp, load) = match route.upstream.send_upgrade(req, &plan).await {
             Ok(r) => r,
@@ -336,8 +368,18 @@ impl Proxy {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers);
-        headers::set_websocket_upgrade(&mut parts.headers);
-        parts.version = Version::HTTP_11;
+        let status = if upgrade == Upgrade::WebSocketH2 {
+            // RFC 8441 §5: the stream opens with a 2xx; Sec-WebSocket-Accept answers a
+            // key the client never sent.
+            parts.status = StatusCode::OK;
+            parts.headers.remove(http::header::SEC_WEBSOCKET_ACCEPT);
+            parts.version = Version::HTTP_2;
+            StatusCode::OK
+        } else {
+            headers::set_websocket_upgrade(&mut parts.headers);
+            parts.version = Version::HTTP_11;
+            StatusCode::SWITCHING_PROTOCOLS
+        };
 
         let tunnel = Tunnel {
             route: route.clone(),
@@ -345,12 +387,21 @@ impl Proxy {
             load,
             limits,
             shutdown: self.shutdown.clone(),
-            access: x.entry(StatusCode::SWITCHING_PROTOCOLS),
+            access: x.entry(status),
         };
         self.shutdown
             .spawn(tunnel.run(client_upgrade, upstream_upgrade));
         Ok(Response::from_parts(parts, ProxyBody::empty()))
     }
+}
+
+/// A checked WebSocket handshake on its way upstream.
+struct Handshake {
+    upgrade: Upgrade,
+    /// The key the upstream's 101 must answer.
+    key: [u8; 24],
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    limits: TunnelLimits,
 }
 
 /// What ends a tunnel besides its peers.
@@ -474,7 +525,11 @@ impl Future for Running {
             .observe(this.started.elapsed().as_secs_f64());
         route.metrics.tunnels_active.dec();
         if let Some(entry) = this.access.take() {
-            entry.finish_tunnel(&report);
+            entry.finish_tunnel(
+                report.client_to_upstream,
+                report.upstream_to_client,
+                report.end.as_str(),
+            );
         }
         Poll::Ready(())
     }

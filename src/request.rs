@@ -6,19 +6,19 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri, Version};
 
-use crate::body::ProxyBody;
-use crate::conn::ConnInfo;
+use crate::body::{GiveBack, ProxyBody};
+use crate::client::ConnInfo;
 use crate::error::ProxyError;
 use crate::handshake::Upgrade;
 use crate::headers;
 
 /// A `308 Permanent Redirect` to the same host and target on `https://`: 308 rather
 /// than 301 so that clients repeat the method and body.
-pub fn redirect_to_https<B>(
+pub fn redirect_to_https<B, G: GiveBack>(
     req: &Request<B>,
     host: Option<&HeaderValue>,
     port: u16,
-) -> Response<ProxyBody> {
+) -> Response<ProxyBody<G>> {
     let host = host
         .and_then(|h| h.to_str().ok())
         .map(crate::route::strip_port);
@@ -90,9 +90,21 @@ pub fn rewrite_request(
             parts.headers.insert(header::HOST, h.clone());
         }
     }
+    if parts.version == Version::HTTP_2 {
+        // HTTP/2 may split cookies over several fields (RFC 9113 §8.2.3); HTTP/1.1
+        // servers expect one Cookie line.
+        headers::join_cookies(&mut parts.headers);
+    }
     headers::remove_hop_by_hop(&mut parts.headers);
-    if upgrade == Upgrade::WebSocket {
-        headers::set_websocket_upgrade(&mut parts.headers);
+    match upgrade {
+        Upgrade::WebSocket => headers::set_websocket_upgrade(&mut parts.headers),
+        Upgrade::WebSocketH2 => {
+            // The extended CONNECT becomes the HTTP/1.1 handshake it stands for; the
+            // request service adds the key its 101 is checked against.
+            parts.method = http::Method::GET;
+            headers::set_websocket_upgrade(&mut parts.headers);
+        }
+        Upgrade::None | Upgrade::Other => {}
     }
     headers::set_forwarded(&mut parts.headers, &conn.forwarded, host.as_ref());
     parts.version = Version::HTTP_11;

@@ -11,9 +11,11 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::client::ConnGuard;
 use crate::config::Tcp;
-use crate::conn::{self, ConnGuard, ListenerCtx};
+use crate::conn::{self, ListenerCtx};
 use crate::limits::{ClientLimits, Refusal};
+use crate::net::set_tcp_options;
 use crate::proxy::Proxy;
 use crate::shutdown::Shutdown;
 
@@ -35,33 +37,6 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     }
     socket.bind(addr)?;
     socket.listen(BACKLOG)
-}
-
-/// Sets the TCP options every connection gets: no Nagle delay, keepalive probes and
-/// the user timeout, which notice a peer that vanished without a FIN or RST (a dead
-/// host, a NAT that forgot the flow) that no read would ever report.
-///
-/// On a listening socket they are inherited by every accepted connection, which saves
-/// six `setsockopt` calls per connection: measured, 12 of the 41 system calls of a
-/// WebSocket handshake's life were these.
-pub fn set_tcp_options(socket: impl std::os::fd::AsFd, tcp: &Tcp) -> io::Result<()> {
-    let sock = socket2::SockRef::from(&socket);
-    sock.set_tcp_nodelay(true)?;
-    if let Some(idle) = tcp.keepalive {
-        let mut ka = socket2::TcpKeepalive::new().with_time(idle);
-        if let Some(i) = tcp.keepalive_interval {
-            ka = ka.with_interval(i);
-        }
-        if let Some(n) = tcp.keepalive_probes {
-            ka = ka.with_retries(n);
-        }
-        sock.set_tcp_keepalive(&ka)?;
-    }
-    #[cfg(target_os = "linux")]
-    if let Some(t) = tcp.user_timeout {
-        sock.set_tcp_user_timeout(Some(t))?;
-    }
-    Ok(())
 }
 
 /// What one accept loop needs; `ctx` is swapped by reloads.

@@ -15,8 +15,6 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{CertPaths, ListenerTls, TlsVersion, UpstreamTls};
-
 /// The one crypto provider: aws-lc-rs, rustls' default. Its AES-GCM and ChaCha20 are
 /// the fastest available to rustls, and it builds with the C compiler every Rust
 /// machine has (no cmake, no Go, no OpenSSL headers). Held here, not installed
@@ -24,8 +22,47 @@ use crate::config::{CertPaths, ListenerTls, TlsVersion, UpstreamTls};
 static PROVIDER: LazyLock<Arc<CryptoProvider>> =
     LazyLock::new(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
 
-/// What is offered in ALPN; HTTP/2 comes later.
+/// What is offered to upstreams in ALPN.
 const ALPN: &[&[u8]] = &[b"http/1.1"];
+/// What listeners with HTTP/2 offer in ALPN, HTTP/2 first: a client that speaks both
+/// takes it, and one that speaks only HTTP/1.1 still finds its protocol.
+const ALPN_H2: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// A TLS listener's certificates and policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// Chosen by SNI against each certificate's names; the first is the default.
+    pub certificates: Vec<CertPaths>,
+    pub min_version: TlsVersion,
+    /// Require client certificates signed by these CAs (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A PEM certificate chain and its PEM private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The oldest TLS version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    #[default]
+    Tls12,
+    Tls13,
+}
+
+/// TLS to an upstream's servers. Certificates are always verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name sent in SNI and verified; default: each server's host name.
+    pub sni: Option<String>,
+    /// Trusted CAs; default: the system's trust roots.
+    pub ca: Option<PathBuf>,
+    /// A client certificate to present.
+    pub client_cert: Option<CertPaths>,
+}
 
 /// A file that cannot serve for TLS, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,8 +255,8 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Builds a listener's server configuration from its files.
-pub fn server_config(tls: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
+/// Builds a listener's server configuration from its files; `http2` offers `h2`.
+pub fn server_config(tls: &ListenerTls, http2: bool) -> Result<Arc<ServerConfig>, TlsError> {
     let loaded = tls
         .certificates
         .iter()
@@ -243,7 +280,8 @@ pub fn server_config(tls: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver::new(loaded)));
-    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    let alpn = if http2 { ALPN_H2 } else { ALPN };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // Stateless resumption: a returning client skips the key exchange and the
     // certificate, a full handshake's most expensive parts.
     if let Ok(ticketer) = rustls::crypto::aws_lc_rs::Ticketer::new() {
@@ -260,9 +298,9 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
-    pub fn new(tls: &ListenerTls) -> Result<ServerTls, TlsError> {
+    pub fn new(tls: &ListenerTls, http2: bool) -> Result<ServerTls, TlsError> {
         Ok(ServerTls {
-            config: server_config(tls)?,
+            config: server_config(tls, http2)?,
         })
     }
 

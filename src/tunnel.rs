@@ -392,12 +392,12 @@ impl Leg {
         }
     }
 
-    /// An upstream connection is a `TokioIo<upstream::Stream>`, plain or TLS.
+    /// An upstream connection is a `TokioIo<net::Stream>`, plain or TLS.
     fn upstream(up: hyper::upgrade::Upgraded) -> (Leg, Bytes) {
         use hyper_util::rt::TokioIo;
-        match up.downcast::<TokioIo<crate::upstream::Stream>>() {
+        match up.downcast::<TokioIo<crate::net::Stream>>() {
             Ok(parts) => match parts.io.into_inner() {
-                crate::upstream::Stream::Plain(tcp) => (Leg::Tcp(tcp), parts.read_buf),
+                crate::net::Stream::Plain(tcp) => (Leg::Tcp(tcp), parts.read_buf),
                 tls => (Leg::Stream(Box::new(tls)), parts.read_buf),
             },
             Err(up) => (Leg::Stream(Box::new(TokioIo::new(up))), Bytes::new()),

@@ -22,7 +22,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
-pub use connect::Stream;
+pub use crate::net::Stream;
 pub use server::{LoadGuard, Server};
 
 use crate::balance::{Balancer, HashKey, Policy};
@@ -62,6 +62,12 @@ pub struct Answer {
 pub struct Checkin {
     sender: SendRequest<RequestBody>,
     load: LoadGuard,
+}
+
+impl crate::body::GiveBack for Checkin {
+    fn give_back(self) {
+        Checkin::give_back(self);
+    }
 }
 
 impl Checkin {

@@ -167,7 +167,7 @@ async fn keepalive_and_user_timeout_are_set_on_sockets() {
     let (client_leg, _) = listener.accept().await.unwrap();
     assert_tcp_options(&client_leg);
     // Upstream legs: set on each connected socket.
-    sluice::server::set_tcp_options(&upstream_leg, &tcp).unwrap();
+    sluice::net::set_tcp_options(&upstream_leg, &tcp).unwrap();
     assert_tcp_options(&upstream_leg);
 }
 

@@ -4,6 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+// The TLS settings live beside the code that builds rustls configurations from them,
+// so that `tls` needs nothing of `config`.
+pub use crate::tls::{CertPaths, ListenerTls, TlsVersion, UpstreamTls};
+
 /// A whole, valid configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -11,6 +15,7 @@ pub struct Settings {
     pub admin: Option<SocketAddr>,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    pub http2: Http2,
     pub log: LogSettings,
     /// Worker threads for the runtime; `None` means one per core.
     pub workers: Option<usize>,
@@ -77,6 +82,36 @@ pub struct Limits {
     pub handshake_burst_per_ip: f64,
     /// Tunnels are closed after this long, however busy.
     pub max_tunnel_lifetime: Option<Duration>,
+}
+
+/// HTTP/2 toward clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2 {
+    /// Streams a client may have open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// A PING is sent after this long without a frame from the client; `None` off.
+    pub keepalive_interval: Option<Duration>,
+    /// The connection is closed when a PING goes unanswered this long.
+    pub keepalive_timeout: Duration,
+    /// Bytes a client may send on one stream before sluice has passed them on (the
+    /// stream's flow-control window).
+    pub stream_window: u32,
+    /// Bytes a client may send on all its streams together before they are passed on.
+    pub connection_window: u32,
+}
+
+impl Default for Http2 {
+    fn default() -> Self {
+        Http2 {
+            max_concurrent_streams: 128,
+            keepalive_interval: Some(Duration::from_secs(20)),
+            keepalive_timeout: Duration::from_secs(10),
+            // Enough for a stream to run at full speed across a fast link, while one
+            // connection's buffered request bodies stay within a MiB.
+            stream_window: 256 * 1024,
+            connection_window: 1024 * 1024,
+        }
+    }
 }
 
 /// TCP settings for both legs of every connection.
@@ -151,42 +186,9 @@ pub struct ListenerSettings {
     pub max_connections: Option<usize>,
     /// Bind with SO_REUSEPORT, so a new sluice can bind beside a running one.
     pub reuse_port: bool,
-}
-
-/// A TLS listener's certificates and policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerTls {
-    /// Chosen by SNI against each certificate's names; the first is the default.
-    pub certificates: Vec<CertPaths>,
-    pub min_version: TlsVersion,
-    /// Require client certificates signed by these CAs (mutual TLS).
-    pub client_ca: Option<PathBuf>,
-}
-
-/// A PEM certificate chain and its PEM private key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertPaths {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-/// The oldest TLS version accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TlsVersion {
-    #[default]
-    Tls12,
-    Tls13,
-}
-
-/// TLS to an upstream's servers. Certificates are always verified.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamTls {
-    /// The name sent in SNI and verified; default: each server's host name.
-    pub sni: Option<String>,
-    /// Trusted CAs; default: the system's trust roots.
-    pub ca: Option<PathBuf>,
-    /// A client certificate to present.
-    pub client_cert: Option<CertPaths>,
+    /// Serve HTTP/2: offered in ALPN on TLS listeners (the default there), taken with
+    /// prior knowledge beside HTTP/1.1 on plain ones (off by default there).
+    pub http2: bool,
 }
 
 /// One route: which requests go to which upstream.

@@ -29,6 +29,7 @@ pub(super) fn settings(file: File, text: &str, base: &Path) -> Result<Settings, 
         .and_then(|a| v.socket_addr(&a.listen, "admin listen"));
     let timeouts = v.timeouts(&file.timeouts);
     let limits = v.limits(&file.limits);
+    let http2 = v.http2(&file.http2);
     let log = v.log(&file.log);
     let workers = file
         .runtime
@@ -48,6 +49,7 @@ pub(super) fn settings(file: File, text: &str, base: &Path) -> Result<Settings, 
             admin,
             timeouts,
             limits,
+            http2,
             log,
             workers,
             tcp,
@@ -249,6 +251,46 @@ impl Validator<'_> {
         }
     }
 
+    fn http2(&mut self, h: &Http2File) -> Http2 {
+        let d = Http2::default();
+        // Windows: RFC 9113 allows 2^31 - 1; below 64 KiB a stream crawls.
+        let window = |v: &mut Self, n: &Option<Spanned<i64>>, key: &str, default: u32| {
+            n.as_ref()
+                .and_then(|n| v.int_in(n, key, 65_535, (1 << 31) - 1))
+                .map_or(default, |n| n as u32)
+        };
+        Http2 {
+            max_concurrent_streams: h
+                .max_concurrent_streams
+                .as_ref()
+                .and_then(|n| self.int_in(n, "http2.max_concurrent_streams", 1, 10_000))
+                .map_or(d.max_concurrent_streams, |n| n as u32),
+            keepalive_interval: self.duration_or_off(
+                &h.keepalive_interval,
+                "http2.keepalive_interval",
+                d.keepalive_interval,
+            ),
+            keepalive_timeout: self.duration(
+                &h.keepalive_timeout,
+                "http2.keepalive_timeout",
+                d.keepalive_timeout,
+                false,
+            ),
+            stream_window: window(
+                self,
+                &h.stream_window,
+                "http2.stream_window",
+                d.stream_window,
+            ),
+            connection_window: window(
+                self,
+                &h.connection_window,
+                "http2.connection_window",
+                d.connection_window,
+            ),
+        }
+    }
+
     fn rate(&mut self, r: &Spanned<f64>, key: &str) -> Option<f64> {
         let value = *r.get_ref();
         if value.is_finite() && value > 0.0 && value <= 1e6 {
@@ -366,6 +408,9 @@ impl Validator<'_> {
                 redirect_https,
                 max_connections,
                 reuse_port: l.reuse_port.unwrap_or(false),
+                // h2c with prior knowledge is opt-in on plain listeners: a client
+                // there cannot have learnt of it from ALPN.
+                http2: l.http2.unwrap_or(l.tls.is_some()),
             });
         }
         out

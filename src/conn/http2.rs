@@ -1,0 +1,193 @@
+//! HTTP/2 toward clients: the server's settings, telling a prior-knowledge HTTP/2
+//! client from an HTTP/1.1 one on plain listeners, and serving a connection with the
+//! timeouts hyper's HTTP/2 server lacks.
+//!
+//! The abuse HTTP/2 invites is bounded so that it costs only the abuser's connection:
+//! Rapid Reset (CVE-2023-44487) by h2's cap on streams reset before they were served,
+//! MadeYouReset (CVE-2025-8671) by the cap on streams sluice itself had to reset,
+//! CONTINUATION floods and HPACK bombs by the header list limit (the same bytes as
+//! an HTTP/1.1 head may have), SETTINGS and PING floods by h2 answering at most one
+//! of each at a time and reading nothing more until it is written, tiny windows and
+//! slow readers by the per-stream send buffer, and a connection that opens and then
+//! says nothing by the idle timer here.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::client::{ConnInfo, Protocol, StreamGuard};
+use crate::config::{Http2, Limits};
+use crate::proxy::{ClientBody, Proxy};
+use crate::shutdown::Shutdown;
+
+/// hyper's HTTP/2 server, configured once per listener.
+pub type Builder = hyper::server::conn::http2::Builder<TokioExecutor>;
+
+/// What every HTTP/2 connection starts with (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Response bytes h2 may hold per stream beyond what the client's window lets it
+/// send: a client that stops reading (or keeps a tiny window) holds at most this per
+/// stream, `max_concurrent_streams` times per connection, before the upstream's body
+/// is no longer read. One TLS record's worth keeps a stream that reads at full speed.
+const SEND_BUFFER: usize = 64 * 1024;
+
+/// Streams the client reset before sluice answered them, queued at once, before the
+/// connection is ended with GOAWAY (Rapid Reset). h2's own default.
+const MAX_PENDING_RESETS: usize = 20;
+
+/// Streams sluice had to reset for the client's errors before the connection is ended
+/// with GOAWAY (MadeYouReset: a client provoking resets to dodge the concurrency cap).
+const MAX_LOCAL_RESETS: usize = 256;
+
+/// The server's settings for one listener.
+pub fn builder(http2: &Http2, limits: &Limits) -> Builder {
+    let mut b = Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        // RFC 8441: WebSockets over HTTP/2 arrive as extended CONNECT.
+        .enable_connect_protocol()
+        .max_concurrent_streams(http2.max_concurrent_streams)
+        // The decoded header list (HPACK's output, CONTINUATION frames included) may
+        // be as large as an HTTP/1.1 request head, no larger.
+        .max_header_list_size(limits.max_request_header_bytes as u32)
+        .keep_alive_interval(http2.keepalive_interval)
+        .keep_alive_timeout(http2.keepalive_timeout)
+        .initial_stream_window_size(http2.stream_window)
+        .initial_connection_window_size(http2.connection_window)
+        .max_send_buf_size(SEND_BUFFER)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_LOCAL_RESETS);
+    b
+}
+
+/// On a plain listener that also takes HTTP/2, reads (without consuming) enough of
+/// what the client sent to tell the HTTP/2 preface from an HTTP/1.1 request. `None`
+/// when the client closed, failed, or sent nothing conclusive within `limit`.
+pub async fn sniff_preface(stream: &TcpStream, limit: Duration) -> Option<Protocol> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if !PREFACE.starts_with(&buf[..n]) {
+            return Some(Protocol::Http1);
+        }
+        if n == PREFACE.len() {
+            return Some(Protocol::H2);
+        }
+        // A part of the preface so far (a client writing it byte by byte): peeking
+        // again at once would find the same bytes, so wait a moment for the rest.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+    }
+}
+
+/// Serves an HTTP/2 connection until it closes. A connection with no stream open for
+/// `idle` (from its start, or since its last stream ended) gets GOAWAY: that covers a
+/// client that sent the preface and nothing else, and one that stopped using it.
+pub async fn serve<I>(
+    io: I,
+    info: Arc<ConnInfo>,
+    h2: &Builder,
+    idle: Duration,
+    proxy: Arc<Proxy>,
+    shutdown: Shutdown,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let info = info.clone();
+        service_fn(move |req| {
+            let proxy = proxy.clone();
+            let info = info.clone();
+            let stream = ConnInfo::open_stream(&info);
+            async move {
+                let resp = proxy.handle(req, &info).await;
+                Ok::<_, Infallible>(resp.map(|body| StreamBody {
+                    body,
+                    _stream: stream,
+                }))
+            }
+        })
+    };
+    let conn = h2.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let check = tokio::time::sleep(idle);
+    tokio::pin!(check);
+    let mut draining = false;
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            () = check.as_mut() => {
+                match info.streams.idle_for() {
+                    Some(quiet) if quiet >= idle => {
+                        tracing::debug!(client = %info.client, listener = %info.listener, "HTTP/2 connection idle: closing");
+                        conn.as_mut().graceful_shutdown();
+                        // GOAWAY, then the close; a client that does not read its
+                        // GOAWAY does not hold the connection longer than `idle`.
+                        break tokio::select! {
+                            r = conn.as_mut() => r,
+                            () = tokio::time::sleep(idle) => Ok(()),
+                            () = shutdown.stopped() => Ok(()),
+                        };
+                    }
+                    Some(quiet) => check.as_mut().reset(tokio::time::Instant::now() + (idle - quiet)),
+                    None => check.as_mut().reset(tokio::time::Instant::now() + idle),
+                }
+            }
+            () = shutdown.draining(), if !draining => {
+                // GOAWAY: no new streams; those open (tunnels too) run on until they
+                // end or the drain period does.
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = shutdown.stopped() => break Ok(()),
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %info.client, listener = %info.listener, error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// A response body on an HTTP/2 stream, which holds the stream's place in the
+/// connection's count until the body is done.
+struct StreamBody {
+    body: ClientBody,
+    _stream: StreamGuard,
+}
+
+impl Body for StreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

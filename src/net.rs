@@ -1,0 +1,104 @@
+//! Sockets as both legs use them: the TCP options every connection gets, and the
+//! stream an upstream connection is (plain or TLS). Below everything that opens or
+//! moves bytes on a connection.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::config::Tcp;
+
+/// Sets the TCP options every connection gets: no Nagle delay, keepalive probes and
+/// the user timeout, which notice a peer that vanished without a FIN or RST (a dead
+/// host, a NAT that forgot the flow) that no read would ever report.
+///
+/// On a listening socket they are inherited by every accepted connection, which saves
+/// six `setsockopt` calls per connection: measured, 12 of the 41 system calls of a
+/// WebSocket handshake's life were these.
+pub fn set_tcp_options(socket: impl std::os::fd::AsFd, tcp: &Tcp) -> io::Result<()> {
+    let sock = socket2::SockRef::from(&socket);
+    sock.set_tcp_nodelay(true)?;
+    if let Some(idle) = tcp.keepalive {
+        let mut ka = socket2::TcpKeepalive::new().with_time(idle);
+        if let Some(i) = tcp.keepalive_interval {
+            ka = ka.with_interval(i);
+        }
+        if let Some(n) = tcp.keepalive_probes {
+            ka = ka.with_retries(n);
+        }
+        sock.set_tcp_keepalive(&ka)?;
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(t) = tcp.user_timeout {
+        sock.set_tcp_user_timeout(Some(t))?;
+    }
+    Ok(())
+}
+
+/// A connection to an upstream server.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
