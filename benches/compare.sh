@@ -850,7 +850,7 @@ h2_negotiated() {
 }
 if scenario_wanted h2; then
     negotiated=$(h2_negotiated)
-    NOTES+=("$H2_TITLE: h2load ($(h2load --version 2>/dev/null | awk '{print $2}'), one thread, on CPU 1) against each proxy's TLS listener; every proxy has the same ECDSA P-256 certificate and allows TLS 1.3 only, h2load offers only $H2_CIPHER and $H2_GROUP, ALPN h2 alone, and the proxies speak HTTP/1.1 with keep-alive to the backend. The direct column is empty: the backend speaks HTTP/1.1 only. Negotiated (as h2load reported it): ${negotiated:-nothing, no target completed it}.")
+    NOTES+=("$H2_TITLE: h2load ($(h2load --version 2>/dev/null | awk '{print $2}'), one thread, on CPU 1) against each proxy's TLS listener; every proxy has the same ECDSA P-256 certificate and allows TLS 1.3 only, h2load offers only $H2_CIPHER and $H2_GROUP, ALPN h2 alone, and the proxies speak HTTP/1.1 with keep-alive to the backend (up to $(KIND=h2 upstream_idle) idle connections kept). The direct column is empty: the backend speaks HTTP/1.1 only. Negotiated (as h2load reported it): ${negotiated:-nothing, no target completed it}.")
 fi
 if ((${#VERSIONS[@]})); then
     joined=$(
