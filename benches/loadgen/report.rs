@@ -263,17 +263,22 @@ fn warnings(row: &Row, r: &Value, o: &Options<'_>) -> Vec<String> {
     w
 }
 
-/// Why a target has no figure on a row where it ran: the first error of its last
-/// round, said once per scenario, on its first row. Nothing for a skipped target.
+/// Why a target has no figure on a row where it ran and failed: the first error of
+/// its last round, said once per scenario, on its first row. Nothing for a skipped
+/// target or one that has no such figure (the direct column's memory, say).
 fn failure(row: &Row, runs: &[Value]) -> Option<String> {
     let last = runs.last()?;
-    if !row.first || last.get("skipped").is_some() {
+    let errors = last
+        .get("errors_total")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if !row.first || last.get("skipped").is_some() || errors == 0 {
         return None;
     }
     let why = last
         .get("first_error")
         .and_then(Value::as_str)
-        .unwrap_or("no result");
+        .unwrap_or("see the loadgen summary");
     Some(format!("failed: {}", why.replace('|', "/")))
 }
 
@@ -389,6 +394,8 @@ mod tests {
             r#"{"scenario":"h2","mode":"h2load","target":"direct","skipped":"HTTP/1.1 only"}"#,
             r#"{"scenario":"h2","title":"H2","mode":"h2load","target":"sluice","rate":null,"errors_total":1,"first_error":"1 × h2load (first: no measured interval)"}"#,
             r#"{"scenario":"h2","title":"H2","mode":"h2load","target":"nginx","rate":900,"cpu_us_per_op":10,"proxy_core_busy":0.99,"has_proxy":true,"errors_total":0}"#,
+            // No proxy, so no memory figure, and nothing wrong.
+            r#"{"scenario":"idle","title":"I","mode":"idle","target":"direct","kib_per_tunnel":null,"errors_total":0}"#,
         ]
         .join("\n");
         std::fs::write(&path, text).unwrap();
@@ -408,6 +415,10 @@ mod tests {
         );
         assert!(
             table.contains("| H2: proxy CPU µs/req ↓ | — | — | 10.00 | — |  |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| I: proxy KiB/tunnel ↓ | — | not run | not run | — |  |"),
             "{table}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
