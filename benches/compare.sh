@@ -6,15 +6,21 @@
 #   benches/compare.sh --quick    shorter run, fewer idle tunnels (under 3 minutes)
 #
 # Options: --targets "direct sluice nginx haproxy caddy" (a subset, in order),
-#          --rounds N (rounds of the rate scenarios; 3 in a full run, 1 quick),
-#          --keep (keep the work directory with configs and logs), --help.
+#          --scenarios "idle ws64-w8 ws64-w128 ws64k-w4 pingpong handshakes http h2"
+#          (a subset; table order stays), --rounds N (rounds of the rate scenarios;
+#          3 in a full run, 1 quick), --keep (keep the work directory with configs
+#          and logs), --help.
 #
-# It installs what is missing (nginx, haproxy, caddy from the distribution; the
-# sluice binary and the two bench programs with cargo), writes each proxy's config
-# into a temporary directory, starts it on loopback ports picked at run time, pins it
-# to CPU 0 with the load generator and the echo backend on CPU 1, runs the
-# scenarios, and prints one markdown table. Every process it starts is stopped on
-# exit, Ctrl-C included.
+# It installs what is missing (nginx, haproxy, caddy, h2load and openssl from the
+# distribution; the sluice binary and the two bench programs with cargo), writes
+# each proxy's config into a temporary directory, starts it on loopback ports picked
+# at run time, pins it to CPU 0 with the load generator and the echo backend on
+# CPU 1, runs the scenarios, and prints one markdown table. Every process it starts
+# is stopped on exit, Ctrl-C included.
+#
+# The h2 scenario (HTTP/2 GETs over TLS, made by h2load) runs against a second start
+# of each proxy, with a TLS listener and the same certificate for all, so the other
+# scenarios run against exactly the configuration they always had.
 #
 # On a virtual machine the same figure moves by 10 to 20 % from one minute to the
 # next, so a full run measures the rate scenarios in rounds: every target in turn,
@@ -24,13 +30,15 @@
 set -uo pipefail
 
 usage() {
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 QUICK=0
 KEEP=0
 ROUNDS=""
 TARGETS="direct sluice nginx haproxy caddy"
+ALL_SCENARIOS="idle ws64-w8 ws64-w128 ws64k-w4 pingpong handshakes http h2"
+SCENARIOS=$ALL_SCENARIOS
 while (($#)); do
     case "$1" in
     --quick) QUICK=1 ;;
@@ -46,6 +54,10 @@ while (($#)); do
     --targets)
         shift
         TARGETS="${1:-}"
+        ;;
+    --scenarios)
+        shift
+        SCENARIOS="${1:-}"
         ;;
     -h | --help)
         usage
@@ -72,6 +84,16 @@ for t in $TARGETS; do
         exit 2
         ;;
     esac
+done
+[[ -n "${SCENARIOS// /}" ]] || {
+    echo "compare.sh: --scenarios needs at least one scenario" >&2
+    exit 2
+}
+for s in $SCENARIOS; do
+    [[ " $ALL_SCENARIOS " == *" $s "* ]] || {
+        echo "compare.sh: unknown scenario: $s (known: $ALL_SCENARIOS)" >&2
+        exit 2
+    }
 done
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -211,6 +233,20 @@ have_haproxy() { command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]
 have_caddy() { command -v caddy >/dev/null 2>&1 || [[ -x /usr/bin/caddy ]]; }
 
 wanted() { [[ " $TARGETS " == *" $1 "* ]]; }
+scenario_wanted() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+
+# HTTP/2 is measured against the proxies only: the backend speaks HTTP/1.1.
+H2_RUNS=0
+if scenario_wanted h2; then
+    for t in $TARGETS; do
+        [[ "$t" == direct ]] || H2_RUNS=1
+    done
+fi
+# The other scenarios, in table order, for the first start of each target.
+PLAIN_SCENARIOS=""
+for s in $SCENARIOS; do
+    [[ "$s" == h2 ]] || PLAIN_SCENARIOS+="$s "
+done
 
 missing=()
 for t in nginx haproxy caddy; do
@@ -219,6 +255,10 @@ for t in nginx haproxy caddy; do
     fi
 done
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+if ((H2_RUNS)); then
+    command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+fi
 if ((${#missing[@]})); then
     say "installing ${missing[*]}"
     (($(id -u) == 0)) || die "run as root to install ${missing[*]} (or install them first)"
@@ -261,6 +301,34 @@ RESULTS="$OUT_DIR/compare-$STAMP.jsonl"
 TABLE="$OUT_DIR/compare-$STAMP.md"
 : >"$RESULTS"
 
+# ---- TLS for the h2 scenario: one certificate for every proxy ----
+# ECDSA P-256, for localhost and 127.0.0.1 (h2load sends no SNI to an IP address, so
+# a proxy that picks its certificate by name falls back on the address or on its
+# only one). Made fresh each run; nothing checks it but the handshake itself.
+CERT=""
+KEY=""
+CERT_AND_KEY=""
+if ((H2_RUNS)); then
+    mkdir -p "$WORK/tls"
+    CERT="$WORK/tls/cert.pem"
+    KEY="$WORK/tls/key.pem"
+    # HAProxy takes the certificate and its key in one file.
+    CERT_AND_KEY="$WORK/tls/cert-and-key.pem"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$KEY" -out "$CERT" >"$WORK/tls/openssl.log" 2>&1 ||
+        die "openssl could not make the certificate: $(cat "$WORK/tls/openssl.log")"
+    cat "$CERT" "$KEY" >"$CERT_AND_KEY"
+    # nginx's master reads them as root; the rest run as root here.
+    chmod 600 "$KEY" "$CERT_AND_KEY"
+    H2LOAD=$(command -v h2load) || die "h2load is needed for the h2 scenario (package nghttp2-client)"
+fi
+# What h2load offers, so that every proxy negotiates the same: TLS 1.3 with one
+# cipher suite and one key-exchange group. AES-128-GCM is the one every TLS 1.3
+# stack must have and the one clients prefer on machines with AES instructions.
+H2_CIPHER=TLS_AES_128_GCM_SHA256
+H2_GROUP=X25519
+
 # ---- CPU pinning and priority ----
 # As root, everything runs at the highest priority so that other work on the machine
 # (a build, say) takes less from the measurement; the loadgen reports what others
@@ -284,14 +352,37 @@ else
 fi
 
 # ---- Per-target configuration ----
-# Each writes its config into $WORK/<target>/ and starts the proxy listening on
-# $PROXY_PORT in front of the backend on $BACKEND_PORT; sets PROXY_MAIN (the process
-# started, stopped at the end) and PROXY_PID (the one whose CPU time and memory are
-# measured: the same except for nginx).
+# Each writes its config into $WORK/<target>/ ($WORK/<target>-h2/ when KIND is h2)
+# and starts the proxy listening on $PROXY_PORT in front of the backend on
+# $BACKEND_PORT; sets PROXY_MAIN (the process started, stopped at the end) and
+# PROXY_PID (the one whose CPU time and memory are measured: the same except for
+# nginx). KIND plain is a plain listener, for every scenario but h2; KIND h2 is a
+# TLS listener offering h2 in ALPN, with $CERT and $KEY, TLS 1.3 only, and
+# otherwise the same settings.
+KIND=plain
+
+work_dir() {
+    if [[ "$KIND" == h2 ]]; then echo "$WORK/$1-h2"; else echo "$WORK/$1"; fi
+}
+
+# Idle upstream connections each proxy keeps (where it has such a limit). The h2
+# scenario has 500 requests in flight, so up to 500 upstream connections busy at
+# once: with 128 kept, nginx, Caddy and sluice closed the rest after each response
+# (7,000 to 10,000 connections in TIME_WAIT after 3 s) and the row measured
+# connection set-up instead of HTTP/2. HAProxy keeps every idle connection anyway.
+upstream_idle() {
+    if [[ "$KIND" == h2 ]]; then echo 1024; else echo 128; fi
+}
 
 start_sluice() {
-    local d="$WORK/sluice"
+    local d listener="listen = \"127.0.0.1:$PROXY_PORT\""
+    d=$(work_dir sluice)
     mkdir -p "$d"
+    if [[ "$KIND" == h2 ]]; then
+        # A TLS listener offers h2 in ALPN, before http/1.1, unless http2 = false;
+        # at most 128 streams per connection by default ([http2]).
+        listener+=$'\n'"tls = { cert = \"$CERT\", key = \"$KEY\", min_version = \"1.3\" }"
+    fi
     cat >"$d/sluice.toml" <<EOF
 [runtime]
 workers = 1
@@ -308,7 +399,7 @@ max_connections = 100000
 access = false
 
 [[listeners]]
-listen = "127.0.0.1:$PROXY_PORT"
+$listener
 
 [[routes]]
 path = "/"
@@ -316,7 +407,7 @@ upstream = "b"
 
 [upstreams.b]
 servers = ["127.0.0.1:$BACKEND_PORT"]
-keepalive = 128
+keepalive = $(upstream_idle)
 EOF
     start_bg "$d/sluice.log" "${PROXY_PIN[@]}" "$SLUICE" -c "$d/sluice.toml"
     PROXY_MAIN=$LAST_PID
@@ -325,8 +416,17 @@ EOF
 }
 
 start_nginx() {
-    local d="$WORK/nginx"
+    local d listen="listen 127.0.0.1:$PROXY_PORT backlog=4096;"
+    d=$(work_dir nginx)
     mkdir -p "$d"
+    if [[ "$KIND" == h2 ]]; then
+        # nginx 1.22's form (1.25 moved http2 to its own directive); 128 streams per
+        # connection by default, and keepalive_requests caps HTTP/2 requests too.
+        listen="listen 127.0.0.1:$PROXY_PORT ssl http2 backlog=4096;
+        ssl_certificate $CERT;
+        ssl_certificate_key $KEY;
+        ssl_protocols TLSv1.3;"
+    fi
     cat >"$d/nginx.conf" <<EOF
 daemon off;
 master_process on;
@@ -362,13 +462,13 @@ http {
 
     upstream backend {
         server 127.0.0.1:$BACKEND_PORT;
-        keepalive 128;
+        keepalive $(upstream_idle);
         keepalive_requests 1000000;
         keepalive_timeout 600s;
     }
 
     server {
-        listen 127.0.0.1:$PROXY_PORT backlog=4096;
+        $listen
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -400,8 +500,12 @@ EOF
 }
 
 start_haproxy() {
-    local d="$WORK/haproxy"
+    local d bind="bind 127.0.0.1:$PROXY_PORT"
+    d=$(work_dir haproxy)
     mkdir -p "$d"
+    if [[ "$KIND" == h2 ]]; then
+        bind+=" ssl crt $CERT_AND_KEY alpn h2,http/1.1 ssl-min-ver TLSv1.3"
+    fi
     # HAProxy refuses to start when maxconn needs more descriptors than the hard
     # limit allows (two per proxied connection).
     local maxconn=$(((NOFILE - 100) / 2))
@@ -421,7 +525,7 @@ defaults
     timeout tunnel 1h
 
 frontend fe
-    bind 127.0.0.1:$PROXY_PORT
+    $bind
     default_backend be
 
 backend be
@@ -435,25 +539,36 @@ EOF
 }
 
 start_caddy() {
-    local d="$WORK/caddy"
+    local d site="http://:$PROXY_PORT" servers="" tls=""
+    d=$(work_dir caddy)
     mkdir -p "$d"
+    if [[ "$KIND" == h2 ]]; then
+        # auto_https off still serves TLS with the given files; it only keeps Caddy
+        # from getting certificates (from the network) and from redirecting. No h3:
+        # it would add a UDP listener and an Alt-Svc header to every response.
+        site="https://127.0.0.1:$PROXY_PORT"
+        servers=$'\tservers {\n\t\tprotocols h1 h2\n\t}'
+        tls=$'\ttls '"$CERT $KEY"$' {\n\t\tprotocols tls1.3\n\t}'
+    fi
     cat >"$d/Caddyfile" <<EOF
 {
 	admin off
 	auto_https off
+$servers
 	# Errors only; no access log is configured.
 	log default {
 		level ERROR
 	}
 }
 
-http://:$PROXY_PORT {
+$site {
 	bind 127.0.0.1
+$tls
 	reverse_proxy 127.0.0.1:$BACKEND_PORT {
 		transport http {
 			keepalive 600s
-			keepalive_idle_conns 128
-			keepalive_idle_conns_per_host 128
+			keepalive_idle_conns $(upstream_idle)
+			keepalive_idle_conns_per_host $(upstream_idle)
 		}
 	}
 }
@@ -474,10 +589,10 @@ start_direct() {
 
 proxy_log() {
     case "$1" in
-    sluice) echo "$WORK/sluice/sluice.log" ;;
-    nginx) echo "$WORK/nginx/error.log" ;;
-    haproxy) echo "$WORK/haproxy/haproxy.log" ;;
-    caddy) echo "$WORK/caddy/caddy.log" ;;
+    sluice) echo "$(work_dir sluice)/sluice.log" ;;
+    nginx) echo "$(work_dir nginx)/error.log" ;;
+    haproxy) echo "$(work_dir haproxy)/haproxy.log" ;;
+    caddy) echo "$(work_dir caddy)/caddy.log" ;;
     *) echo "$WORK/backend-$1.log" ;;
     esac
 }
@@ -544,10 +659,19 @@ run_load() {
     fi
 }
 
-# The scenarios in table order, for one target already listening.
+# scenario TARGET SCENARIO MODE [loadgen args...]: run_load when the scenario was
+# asked for (--scenarios); fails when the proxy did not survive it.
+scenario() {
+    local t=$1
+    scenario_wanted "$2" || return 0
+    run_load "$@"
+    alive "$t"
+}
+
+# The scenarios in table order but h2, for one target already listening (KIND plain).
 run_scenarios() {
     local t=$1 round=$2
-    if ((round == 1)); then
+    if ((round == 1)) && scenario_wanted idle; then
         # A short warm-up, not recorded, so that the memory baseline below is that
         # of a proxy that has served traffic, not of one fresh from start.
         "${CLIENT_PIN[@]}" "$LOADGEN" handshakes --target "127.0.0.1:$PROXY_PORT" \
@@ -555,25 +679,48 @@ run_scenarios() {
         sleep 0.3
 
         # Idle first: after the heavy scenarios, allocator caches would hide the cost.
-        run_load "$t" idle idle --connections "$IDLE_N" --settle-ms "$SETTLE_MS"
-        alive "$t" || return
+        scenario "$t" idle idle --connections "$IDLE_N" --settle-ms "$SETTLE_MS" || return
     fi
-    run_load "$t" ws64-w8 throughput --connections 100 --window 8 --size 64 \
-        --warmup "$WARMUP" --duration "$DURATION"
-    alive "$t" || return
-    run_load "$t" ws64-w128 throughput --connections 100 --window 128 --size 64 \
-        --warmup "$WARMUP" --duration "$DURATION"
-    alive "$t" || return
-    run_load "$t" ws64k-w4 throughput --connections 10 --window 4 --size 65536 \
-        --warmup "$WARMUP" --duration "$DURATION"
-    alive "$t" || return
-    run_load "$t" pingpong pingpong --size 64 --warmup "$WARMUP" --duration "$DURATION"
-    alive "$t" || return
-    run_load "$t" handshakes handshakes --concurrency 50 --warmup "$WARMUP" --duration "$DURATION"
-    alive "$t" || return
-    run_load "$t" http http --connections 50 --body-len "$HTTP_BODY" \
-        --warmup "$WARMUP" --duration "$DURATION"
-    alive "$t" || return
+    scenario "$t" ws64-w8 throughput --connections 100 --window 8 --size 64 \
+        --warmup "$WARMUP" --duration "$DURATION" || return
+    scenario "$t" ws64-w128 throughput --connections 100 --window 128 --size 64 \
+        --warmup "$WARMUP" --duration "$DURATION" || return
+    scenario "$t" ws64k-w4 throughput --connections 10 --window 4 --size 65536 \
+        --warmup "$WARMUP" --duration "$DURATION" || return
+    scenario "$t" pingpong pingpong --size 64 --warmup "$WARMUP" --duration "$DURATION" || return
+    scenario "$t" handshakes handshakes --concurrency 50 \
+        --warmup "$WARMUP" --duration "$DURATION" || return
+    scenario "$t" http http --connections 50 --body-len "$HTTP_BODY" \
+        --warmup "$WARMUP" --duration "$DURATION" || return
+}
+
+# The h2 scenario: h2load's clients, each with this many streams in flight.
+H2_CONNS=50
+H2_STREAMS=10
+H2_TITLE="HTTP/2 GET over TLS, $H2_CONNS conns × $H2_STREAMS streams"
+
+# The h2 scenario for one target, against its own start of the proxy with a TLS
+# listener (KIND h2). A target that cannot serve it gets a record saying why, so its
+# cell shows "—" and the reason; the run goes on.
+run_h2() {
+    local t=$1 round=$2
+    if [[ "$t" == direct ]]; then
+        # The backend speaks HTTP/1.1 only: nothing to measure, once.
+        ((round == 1)) && printf '{"scenario":"h2","title":"%s","mode":"h2load","target":"direct","skipped":"the echo backend speaks HTTP/1.1 only"}\n' \
+            "$H2_TITLE" >>"$RESULTS"
+        return 0
+    fi
+    if start_target "$t"; then
+        scenario "$t" h2 h2load --connections "$H2_CONNS" --streams "$H2_STREAMS" \
+            --h2load "$H2LOAD" --cipher "$H2_CIPHER" --group "$H2_GROUP" \
+            --warmup "$WARMUP" --duration "$DURATION"
+    else
+        printf '{"scenario":"h2","title":"%s","mode":"h2load","target":"%s","errors_total":1,"first_error":"did not start with a TLS listener (see its log)"}\n' \
+            "$H2_TITLE" "$t" >>"$RESULTS"
+    fi
+    # For nginx this is the master; stopping it stops the worker too.
+    [[ -n "$PROXY_MAIN" ]] && stop_pid "$PROXY_MAIN"
+    return 0
 }
 
 # Whether the proxy (and the backend) still run; a crash is reported with its log.
@@ -603,30 +750,52 @@ round_order() {
     done
 }
 
+# Starts target $1 (as KIND says, on PROXY_PORT); when it does not start, says so
+# with the end of its log and fails.
 VERSIONS=()
+VERSIONED=" "
+start_target() {
+    local t=$1 how=""
+    [[ "$KIND" == h2 ]] && how=" with its TLS listener"
+    PROXY_MAIN=""
+    PROXY_PID=""
+    if "start_$t"; then
+        if [[ "$t" != direct && "$VERSIONED" != *" $t "* ]]; then
+            VERSIONS+=("$(version_of "$t")")
+            VERSIONED+="$t "
+        fi
+        return 0
+    fi
+    FAILURES+=("$t: did not start$how; see the end of its log above")
+    echo "    $t did not start$how; the end of $(proxy_log "$t"):" >&2
+    tail -n 20 "$(proxy_log "$t")" 2>/dev/null | sed 's/^/      /' >&2
+    return 1
+}
+
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     for t in $(round_order "$ROUND"); do
         if ((ROUNDS > 1)); then say "$t (round $ROUND of $ROUNDS)"; else say "$t"; fi
-        read -r BACKEND_PORT PROXY_PORT < <("$LOADGEN" free-ports 2 | tr '\n' ' ')
-        [[ -n "${PROXY_PORT:-}" ]] || die "no free ports"
+        read -r BACKEND_PORT PLAIN_PORT TLS_PORT < <("$LOADGEN" free-ports 3 | tr '\n' ' ')
+        [[ -n "${TLS_PORT:-}" ]] || die "no free ports"
         # A fresh backend per target, so that none inherits another's state.
         start_bg "$WORK/backend-$t.log" "${CLIENT_PIN[@]}" "$BACKEND" \
             --listen "127.0.0.1:$BACKEND_PORT" --body-len "$HTTP_BODY"
         BACKEND_PID=$LAST_PID
         wait_port "$BACKEND_PORT" "$BACKEND_PID" || die "the echo backend did not start"
 
-        PROXY_MAIN=""
-        PROXY_PID=""
-        if "start_$t"; then
-            ((ROUND == 1)) && [[ "$t" != direct ]] && VERSIONS+=("$(version_of "$t")")
-            run_scenarios "$t" "$ROUND"
-        else
-            FAILURES+=("$t: did not start; last lines of its log:")
-            echo "    $t did not start:" >&2
-            tail -n 20 "$(proxy_log "$t")" 2>/dev/null | sed 's/^/      /' >&2
+        if [[ -n "${PLAIN_SCENARIOS// /}" ]]; then
+            KIND=plain
+            PROXY_PORT=$PLAIN_PORT
+            start_target "$t" && run_scenarios "$t" "$ROUND"
+            # For nginx this is the master; stopping it stops the worker too.
+            [[ -n "$PROXY_MAIN" ]] && stop_pid "$PROXY_MAIN"
         fi
-        # For nginx this is the master; stopping it stops the worker too.
-        [[ -n "$PROXY_MAIN" ]] && stop_pid "$PROXY_MAIN"
+        if scenario_wanted h2; then
+            KIND=h2
+            PROXY_PORT=$TLS_PORT
+            run_h2 "$t" "$ROUND"
+            KIND=plain
+        fi
         stop_pid "$BACKEND_PID"
     done
 done
@@ -647,6 +816,41 @@ fi
 NOTES+=("$PIN_NOTE Each rate: ${WARMUP} s warm-up, then $MEASURED; $( ((QUICK)) && echo quick || echo full) run, ${ELAPSED} s in all.")
 if ((${#RETRIED[@]})); then
     NOTES+=("Run again because other processes were busy: ${RETRIED[*]}.")
+fi
+
+# The string value of key $1 in the JSON text $2 (flat: no nesting, no escapes).
+json_str() { grep -o "\"$1\":\"[^\"]*\"" <<<"$2" | head -n1 | cut -d'"' -f4; }
+
+# What each target's TLS handshakes settled on in the h2 scenario, as h2load
+# reported it, grouped: "nginx, caddy: h2, TLSv1.3, ...".
+h2_negotiated() {
+    local line t tls what i found
+    local whats=() whos=()
+    while IFS= read -r line; do
+        t=$(json_str target "$line")
+        tls=$(grep -o '"tls":{[^}]*}' <<<"$line")
+        [[ -n "$(json_str alpn "$tls")" ]] || continue
+        what="$(json_str alpn "$tls"), $(json_str protocol "$tls"), $(json_str cipher "$tls"), key exchange $(json_str temp_key "$tls")"
+        found=0
+        for i in "${!whats[@]}"; do
+            if [[ "${whats[$i]}" == "$what" ]]; then
+                found=1
+                [[ " ${whos[$i]} " == *" $t "* ]] || whos[i]+=" $t"
+            fi
+        done
+        ((found)) || {
+            whats+=("$what")
+            whos+=("$t")
+        }
+    done < <(grep '"mode":"h2load"' "$RESULTS")
+    for i in "${!whats[@]}"; do
+        ((i)) && printf '; '
+        printf '%s: %s' "${whos[$i]// /, }" "${whats[$i]}"
+    done
+}
+if scenario_wanted h2; then
+    negotiated=$(h2_negotiated)
+    NOTES+=("$H2_TITLE: h2load ($(h2load --version 2>/dev/null | awk '{print $2}'), one thread, on CPU 1) against each proxy's TLS listener; every proxy has the same ECDSA P-256 certificate and allows TLS 1.3 only, h2load offers only $H2_CIPHER and $H2_GROUP, ALPN h2 alone, and the proxies speak HTTP/1.1 with keep-alive to the backend (up to $(KIND=h2 upstream_idle) idle connections kept). The direct column is empty: the backend speaks HTTP/1.1 only. Negotiated (as h2load reported it): ${negotiated:-nothing, no target completed it}.")
 fi
 if ((${#VERSIONS[@]})); then
     joined=$(

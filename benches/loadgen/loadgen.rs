@@ -3,13 +3,15 @@
 //! percentiles, errors, and the proxy's own CPU time and memory, as one JSON line
 //! per run plus a short human summary on stderr.
 //!
-//! Modes: `throughput`, `pingpong`, `handshakes`, `idle`, `http`; and two helpers for
-//! the driver script: `report` (the markdown table) and `free-ports`.
+//! Modes: `throughput`, `pingpong`, `handshakes`, `idle`, `http`, and `h2load` (HTTP/2
+//! over TLS, made by nghttp2's h2load with this program measuring around it); and
+//! two helpers for the driver script: `report` (the markdown table) and `free-ports`.
 
 #[path = "../common/frame.rs"]
 mod frame;
 
 mod echo;
+mod h2load;
 mod handshakes;
 mod http;
 mod idle;
@@ -105,6 +107,28 @@ enum Command {
         /// The body length every response must have.
         #[arg(long)]
         body_len: Option<usize>,
+    },
+    /// HTTP/2 GETs over TLS made by nghttp2's h2load, many streams per connection;
+    /// the proxy is measured over h2load's own measured interval.
+    H2load {
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        timing: Timing,
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Streams in flight per connection.
+        #[arg(long, default_value_t = 10)]
+        streams: usize,
+        /// The h2load program.
+        #[arg(long, value_name = "PATH", default_value = "h2load")]
+        h2load: PathBuf,
+        /// The one TLS 1.3 cipher suite offered: every server negotiates this one.
+        #[arg(long, default_value = "TLS_AES_128_GCM_SHA256")]
+        cipher: String,
+        /// The one key-exchange group offered.
+        #[arg(long, default_value = "X25519")]
+        group: String,
     },
     /// Print the markdown comparison table from a file of result lines.
     Report {
@@ -254,6 +278,7 @@ enum Mode {
     Handshakes(handshakes::Params),
     Idle(idle::Params),
     Http(http::Params),
+    H2load(h2load::Params),
 }
 
 fn prepare(c: Command) -> Result<Job, String> {
@@ -335,6 +360,27 @@ fn prepare(c: Command) -> Result<Job, String> {
                 body_len,
             };
             (run, Mode::Http(p))
+        }
+        Command::H2load {
+            run,
+            timing,
+            connections,
+            streams,
+            h2load,
+            cipher,
+            group,
+        } => {
+            let p = h2load::Params {
+                program: h2load,
+                connections: bounded("connections", connections, 1, MAX_CONNECTIONS)?,
+                streams: bounded("streams", streams, 1, MAX_WINDOW)?,
+                // h2load takes whole milliseconds.
+                warmup: seconds("warmup", timing.warmup, 0.001)?,
+                duration: seconds("duration", timing.duration, 0.1)?,
+                cipher,
+                group,
+            };
+            (run, Mode::H2load(p))
         }
         Command::Report { .. } | Command::FreePorts { .. } => {
             return Err("not a load mode".to_owned());
@@ -604,6 +650,64 @@ async fn execute(job: &Job) -> (Value, Vec<String>, bool) {
             s.extend(usage_lines(&o.usage, o.requests, "req"));
             s.extend(o.errors.describe());
             (r, s, o.errors.total() == 0)
+        }
+        Mode::H2load(p) => {
+            let o = h2load::run(&t, p, &job.probe).await;
+            let secs = o.measured.map(|d| d.as_secs_f64());
+            // No figure rather than zero when nothing succeeded: the cell says "—".
+            let rate = secs
+                .filter(|&s| s > 0.0 && o.succeeded > 0)
+                .map(|s| o.succeeded as f64 / s);
+            let n = &o.negotiated;
+            let mut r = json!({
+                "mode": "h2load",
+                "title": format!(
+                    "HTTP/2 GET over TLS, {} conns × {} streams",
+                    p.connections, p.streams
+                ),
+                "params": {
+                    "connections": p.connections, "streams": p.streams,
+                    "cipher": p.cipher, "group": p.group,
+                    "warmup_s": p.warmup.as_secs_f64(), "duration_s": p.duration.as_secs_f64(),
+                },
+                "command": o.command,
+                "measured_s": secs,
+                "requests": o.succeeded,
+                "rate": rate.map(|x| round(x, 1)),
+                "tls": {
+                    "protocol": n.protocol, "cipher": n.cipher,
+                    "temp_key": n.temp_key, "alpn": n.alpn,
+                },
+                "latency_us": {
+                    "mean": o.mean_us.map(|x| round(x, 1)),
+                    "max": o.max_us.map(|x| round(x, 1)),
+                },
+                "errors": o.errors.to_json(),
+                "errors_total": o.errors.total(),
+                "first_error": o.errors.describe().first(),
+            });
+            add_usage(&mut r, &o.usage, o.succeeded);
+            let show = |v: &Option<String>| v.as_deref().unwrap_or("?").to_owned();
+            let mut s = vec![
+                format!(
+                    "{} req/s, {} conns × {} streams; {} over {}, {}, key exchange {}",
+                    rate.map_or("no".to_owned(), |r| format!("{r:.0}")),
+                    p.connections,
+                    p.streams,
+                    show(&n.alpn),
+                    show(&n.protocol),
+                    show(&n.cipher),
+                    show(&n.temp_key),
+                ),
+                format!(
+                    "request time µs (h2load): mean {}, max {}",
+                    o.mean_us.map_or("?".to_owned(), |x| format!("{x:.0}")),
+                    o.max_us.map_or("?".to_owned(), |x| format!("{x:.0}")),
+                ),
+            ];
+            s.extend(usage_lines(&o.usage, o.succeeded, "req"));
+            s.extend(o.errors.describe());
+            (r, s, o.errors.total() == 0 && rate.is_some())
         }
     }
 }

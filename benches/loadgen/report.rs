@@ -4,7 +4,9 @@
 //! that matter for its mode; a cell is the median over the rounds of the run that
 //! measured it; columns are the targets, then the subject divided by
 //! the best of its peers, then warnings: the proxy's core was not the one that ran
-//! out, or other work on the machine took a noticeable share of a core.
+//! out, other work on the machine took a noticeable share of a core, or the scenario
+//! failed for a target (its cell then shows "—" and the first error). A record with
+//! a `skipped` reason (a scenario that does not apply to a target) gives a plain "—".
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -59,8 +61,11 @@ pub fn render(o: &Options<'_>) -> Result<String, String> {
             .map_err(|e| format!("{}:{}: {e}", o.results.display(), i + 1))?;
         let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
         let (scenario, target) = (field("scenario"), field("target"));
-        if !scenarios.iter().any(|(s, _, _)| *s == scenario) {
-            scenarios.push((scenario.clone(), field("title"), field("mode")));
+        match scenarios.iter_mut().find(|(s, _, _)| *s == scenario) {
+            None => scenarios.push((scenario.clone(), field("title"), field("mode"))),
+            // A skipped target's record may come first and carry no title.
+            Some((_, title, _)) if title.is_empty() => *title = field("title"),
+            Some(_) => {}
         }
         records.entry((scenario, target)).or_default().push(v);
     }
@@ -123,7 +128,10 @@ pub fn render(o: &Options<'_>) -> Result<String, String> {
             .targets
             .iter()
             .filter_map(|t| {
-                let w = warnings(row, get(t)?.record, o);
+                let w = match get(t) {
+                    Some(m) => warnings(row, m.record, o),
+                    None => failure(row, runs(t)?).into_iter().collect(),
+                };
                 (!w.is_empty()).then(|| format!("{t}: {}", w.join(", ")))
             })
             .collect::<Vec<_>>()
@@ -203,7 +211,8 @@ fn rows_for(scenario: &str, title: &str, mode: &str) -> Vec<Row> {
             row("handshakes/s", rate, Better::Higher, 0, true),
             row("proxy CPU µs/handshake", cpu, Better::Lower, 1, false),
         ],
-        "http" => vec![
+        // HTTP/1.1 from loadgen, HTTP/2 from h2load: the same figures.
+        "http" | "h2load" => vec![
             row("req/s", rate, Better::Higher, 0, true),
             row("proxy CPU µs/req", cpu, Better::Lower, 2, false),
         ],
@@ -252,6 +261,25 @@ fn warnings(row: &Row, r: &Value, o: &Options<'_>) -> Vec<String> {
         ));
     }
     w
+}
+
+/// Why a target has no figure on a row where it ran and failed: the first error of
+/// its last round, said once per scenario, on its first row. Nothing for a skipped
+/// target or one that has no such figure (the direct column's memory, say).
+fn failure(row: &Row, runs: &[Value]) -> Option<String> {
+    let last = runs.last()?;
+    let errors = last
+        .get("errors_total")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if !row.first || last.get("skipped").is_some() || errors == 0 {
+        return None;
+    }
+    let why = last
+        .get("first_error")
+        .and_then(Value::as_str)
+        .unwrap_or("see the loadgen summary");
+    Some(format!("failed: {}", why.replace('|', "/")))
 }
 
 /// A cell's figure over its rounds, and the round it came from.
@@ -354,6 +382,45 @@ mod tests {
         assert!(table.contains(
             "| A: msg/s ↑ | 200 | 100 ⚠ | 150 | 1.33× (vs caddy) | nginx: core 50% busy |"
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn failed_and_skipped_cells_show_a_dash() {
+        let dir = std::env::temp_dir().join(format!("loadgen-failed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r.jsonl");
+        let text = [
+            r#"{"scenario":"h2","mode":"h2load","target":"direct","skipped":"HTTP/1.1 only"}"#,
+            r#"{"scenario":"h2","title":"H2","mode":"h2load","target":"sluice","rate":null,"errors_total":1,"first_error":"1 × h2load (first: no measured interval)"}"#,
+            r#"{"scenario":"h2","title":"H2","mode":"h2load","target":"nginx","rate":900,"cpu_us_per_op":10,"proxy_core_busy":0.99,"has_proxy":true,"errors_total":0}"#,
+            // No proxy, so no memory figure, and nothing wrong.
+            r#"{"scenario":"idle","title":"I","mode":"idle","target":"direct","kib_per_tunnel":null,"errors_total":0}"#,
+        ]
+        .join("\n");
+        std::fs::write(&path, text).unwrap();
+        let table = render(&Options {
+            results: &path,
+            targets: vec!["direct".into(), "sluice".into(), "nginx".into()],
+            subject: "sluice".into(),
+            peers: vec!["nginx".into()],
+            busy_threshold: 0.9,
+            noise_threshold: 0.05,
+            notes: vec![],
+        })
+        .unwrap();
+        assert!(
+            table.contains("| H2: req/s ↑ | — | — (1 err) | 900 | — | sluice: failed: 1 × h2load (first: no measured interval) |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| H2: proxy CPU µs/req ↓ | — | — | 10.00 | — |  |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| I: proxy KiB/tunnel ↓ | — | not run | not run | — |  |"),
+            "{table}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

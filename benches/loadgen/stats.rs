@@ -74,6 +74,16 @@ impl Errors {
             .0 += 1;
     }
 
+    /// Counts `n` failures of one kind at once, as a tool that reports totals gives them.
+    pub fn add_n(&mut self, f: &Failure, n: u64) {
+        if n > 0 {
+            self.kinds
+                .entry(f.kind)
+                .or_insert_with(|| (0, f.detail.clone()))
+                .0 += n;
+        }
+    }
+
     pub fn merge(&mut self, other: &Errors) {
         for (kind, (n, detail)) in &other.kinds {
             self.kinds
