@@ -1,12 +1,15 @@
 //! echo_backend: the upstream of the benchmark. A WebSocket echo server working on
 //! frames (each message comes back unmasked, pings get pongs, a close gets a close)
 //! that also answers plain `GET`s with 200 and a small fixed body over keep-alive.
+//! With `--grpc-listen` it also serves gRPC unary calls over h2c on a second port
+//! (`grpc.rs`), and `GET /grpc-counts` on the first says what that port has done.
 //!
 //! It runs on one thread by default so that it can share a core with the load
 //! generator and leave the other to the proxy under test.
 
 #[path = "../common/frame.rs"]
 mod frame;
+mod grpc;
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,7 +21,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::Parser;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::frame::RecvBuf;
 
@@ -29,6 +32,9 @@ struct Args {
     /// Where to listen; port 0 picks one. The address is printed on stdout.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Also serve gRPC over HTTP/2 with prior knowledge here (port 0 picks one).
+    #[arg(long, value_name = "ADDR")]
+    grpc_listen: Option<SocketAddr>,
     /// Runtime threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -54,12 +60,13 @@ struct Shared {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if !args.listen.ip().is_loopback() {
-        eprintln!(
-            "echo_backend: {} is not a loopback address; this server is for local benchmarks only",
-            args.listen
-        );
-        return ExitCode::from(2);
+    for addr in std::iter::once(args.listen).chain(args.grpc_listen) {
+        if !addr.ip().is_loopback() {
+            eprintln!(
+                "echo_backend: {addr} is not a loopback address; this server is for local benchmarks only"
+            );
+            return ExitCode::from(2);
+        }
     }
     if !(1..=256).contains(&args.threads) || args.body_len > 1 << 20 {
         eprintln!("echo_backend: --threads must be 1 to 256 and --body-len at most 1 MiB");
@@ -93,7 +100,15 @@ fn main() -> ExitCode {
         ok_response,
         max_frame: args.max_frame,
     }));
-    match runtime.block_on(serve(args.listen, shared)) {
+    let run = async {
+        if let Some(addr) = args.grpc_listen {
+            let listener = listen(addr)?;
+            println!("grpc (h2c) listening on {}", listener.local_addr()?);
+            tokio::spawn(grpc::serve(listener));
+        }
+        serve(listen(args.listen)?, shared).await
+    };
+    match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("echo_backend: {e}");
@@ -102,7 +117,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(addr: SocketAddr, shared: &'static Shared) -> io::Result<()> {
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -111,7 +126,10 @@ async fn serve(addr: SocketAddr, shared: &'static Shared) -> io::Result<()> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     // A deep backlog: thousands of tunnels are opened at once through the proxy.
-    let listener = socket.listen(4096)?;
+    socket.listen(4096)
+}
+
+async fn serve(listener: TcpListener, shared: &'static Shared) -> io::Result<()> {
     println!("listening on {}", listener.local_addr()?);
     loop {
         match listener.accept().await {
@@ -130,9 +148,17 @@ async fn serve(addr: SocketAddr, shared: &'static Shared) -> io::Result<()> {
 
 /// What one request asks for.
 enum Request {
-    Upgrade { accept: String },
-    Get { keep_alive: bool },
-    Refuse { status: &'static str },
+    Upgrade {
+        accept: String,
+    },
+    Get {
+        keep_alive: bool,
+    },
+    /// `GET /grpc-counts`: answered with the gRPC port's counts, then closed.
+    GrpcCounts,
+    Refuse {
+        status: &'static str,
+    },
 }
 
 /// Serves HTTP requests until one upgrades the connection or it ends.
@@ -162,6 +188,18 @@ async fn connection(mut s: TcpStream, shared: &Shared) -> io::Result<()> {
                     s.write_all(&out).await?;
                     out.clear();
                     return websocket(s, rbuf, out, shared).await;
+                }
+                Request::GrpcCounts => {
+                    let counts = grpc::COUNTS.text();
+                    out.extend_from_slice(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{counts}",
+                            counts.len()
+                        )
+                        .as_bytes(),
+                    );
+                    s.write_all(&out).await?;
+                    return s.shutdown().await;
                 }
                 Request::Refuse { status } => {
                     out.extend_from_slice(
@@ -241,6 +279,8 @@ fn parse_request(buf: &[u8]) -> Option<(usize, Request)> {
                 status: "400 Bad Request",
             },
         }
+    } else if method == "GET" && req.path == Some("/grpc-counts") {
+        Request::GrpcCounts
     } else if method == "GET" || method == "HEAD" {
         let keep_alive = if has_token("connection", "close") {
             false
@@ -370,6 +410,10 @@ mod tests {
             Some((_, Request::Get { keep_alive: false }))
         ));
         assert!(parse_request(b"GET / HTTP/1.1\r\nHost").is_none());
+        assert!(matches!(
+            parse_request(b"GET /grpc-counts HTTP/1.1\r\n\r\n"),
+            Some((_, Request::GrpcCounts))
+        ));
         let post = b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
         assert!(matches!(
             parse_request(post),
