@@ -7,12 +7,20 @@
 //! reads the proxy's CPU time and the cores at the very lines where h2load starts
 //! and ends its measured interval (it prints them, flushed, from its event loop),
 //! then reads h2load's own counts and checks what the TLS handshake negotiated.
+//!
+//! With [`GrpcCalls`] the requests are gRPC unary calls instead of `GET`s: `POST`s of
+//! one framed message with gRPC's headers. h2load sees HTTP statuses only, and a
+//! proxy may answer a call itself with `200` and a gRPC error status, so the echo
+//! backend's own counts of calls answered (and refused) are read at the same two
+//! lines, and the calls h2load counted as succeeded must have been answered there.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 use tokio::process::Command;
 use tokio::time::timeout;
 
@@ -33,6 +41,29 @@ pub struct Params {
     pub cipher: String,
     /// The one key-exchange group offered, for the same reason.
     pub group: String,
+    /// Make gRPC calls rather than `GET`s.
+    pub grpc: Option<GrpcCalls>,
+}
+
+/// The gRPC form of the run.
+#[derive(Debug, Clone)]
+pub struct GrpcCalls {
+    /// Payload bytes of the one message each call sends (and gets back).
+    pub message_len: usize,
+    /// The echo backend's plain port, which answers `GET /grpc-counts`.
+    pub counts: SocketAddr,
+}
+
+/// What the echo backend's gRPC port counted; over the measured interval in an
+/// [`Outcome`], but for `connections`, which is the total at its end.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct BackendCalls {
+    /// Calls answered with their message and `grpc-status: 0`.
+    pub ok: u64,
+    /// Calls that reached the backend not as gRPC over HTTP/2, or malformed.
+    pub refused: u64,
+    /// HTTP/2 connections the proxy opened to the backend.
+    pub connections: u64,
 }
 
 /// What the TLS handshake settled on, as h2load reports it for its first connection.
@@ -56,6 +87,8 @@ pub struct Outcome {
     pub max_us: Option<f64>,
     pub errors: Errors,
     pub usage: Usage,
+    /// The backend's counts over the measured interval, for gRPC calls.
+    pub backend: Option<BackendCalls>,
     /// The h2load command line, for the record.
     pub command: String,
 }
@@ -64,8 +97,41 @@ const STARTED: &str = "Main benchmark duration is started";
 const OVER: &str = "Main benchmark duration is over";
 
 pub async fn run(target: &Target, p: &Params, probe: &Probe) -> Outcome {
+    // The call's body, for h2load's --data: made here, removed when done.
+    let message = p.grpc.as_ref().map(|g| {
+        let path = std::env::temp_dir().join(format!("loadgen-grpc-{}.bin", std::process::id()));
+        (path, grpc_message(g.message_len))
+    });
+    if let Some((path, bytes)) = &message
+        && let Err(e) = std::fs::write(path, bytes)
+    {
+        let mut out = Outcome::empty(String::new());
+        out.errors.add(&Failure::new(
+            "grpc",
+            format!("cannot write {}: {e}", path.display()),
+        ));
+        return out;
+    }
+    let out = measure(target, p, probe, message.as_ref().map(|m| &m.0)).await;
+    if let Some((path, _)) = &message {
+        let _ = std::fs::remove_file(path);
+    }
+    out
+}
+
+/// One uncompressed gRPC message: a zero flag byte, the length in four big-endian
+/// bytes, then `len` bytes of payload.
+pub fn grpc_message(len: usize) -> Vec<u8> {
+    let mut m = Vec::with_capacity(5 + len);
+    m.push(0);
+    m.extend_from_slice(&(len as u32).to_be_bytes());
+    m.extend((0..len).map(|i| b'a' + (i % 26) as u8));
+    m
+}
+
+async fn measure(target: &Target, p: &Params, probe: &Probe, message: Option<&PathBuf>) -> Outcome {
     let ms = |d: Duration| format!("{}ms", d.as_millis().max(1));
-    let args = vec![
+    let mut args = vec![
         format!("--clients={}", p.connections),
         format!("--max-concurrent-streams={}", p.streams),
         "--threads=1".to_owned(),
@@ -76,19 +142,19 @@ pub async fn run(target: &Target, p: &Params, probe: &Probe) -> Outcome {
         "--npn-list=h2".to_owned(),
         format!("--tls13-ciphers={}", p.cipher),
         format!("--groups={}", p.group),
-        format!("https://{}{}", target.addr, target.path),
     ];
+    if let Some(file) = message {
+        // A POST of the message; te: trailers is what gRPC requires and what a proxy
+        // must pass on (HTTP/2 allows no other TE).
+        args.extend([
+            format!("--data={}", file.display()),
+            "--header=content-type: application/grpc".to_owned(),
+            "--header=te: trailers".to_owned(),
+        ]);
+    }
+    args.push(format!("https://{}{}", target.addr, target.path));
     let command = format!("{} {}", p.program.display(), args.join(" "));
-    let mut out = Outcome {
-        succeeded: 0,
-        measured: None,
-        negotiated: Negotiated::default(),
-        mean_us: None,
-        max_us: None,
-        errors: Errors::default(),
-        usage: Usage::default(),
-        command,
-    };
+    let mut out = Outcome::empty(command);
 
     let mut child = match Command::new(&p.program)
         .args(&args)
@@ -129,12 +195,21 @@ pub async fn run(target: &Target, p: &Params, probe: &Probe) -> Outcome {
     let mut text = Vec::new();
     let mut before: Option<(Sample, Instant)> = None;
     let mut after: Option<(Sample, Instant)> = None;
+    let counts = p.grpc.as_ref().map(|g| g.counts);
+    let (mut calls_before, mut calls_after) = (None, None);
     let read_all = async {
         while let Ok(Some(line)) = lines.next_line().await {
+            // The CPU sample first: the backend's counts take a round trip.
             if line.starts_with(STARTED) && before.is_none() {
                 before = Some((probe.sample(), Instant::now()));
+                if let Some(addr) = counts {
+                    calls_before = backend_calls(addr).await;
+                }
             } else if line.starts_with(OVER) && after.is_none() {
                 after = Some((probe.sample(), Instant::now()));
+                if let Some(addr) = counts {
+                    calls_after = backend_calls(addr).await;
+                }
             }
             text.push(line);
         }
@@ -162,9 +237,65 @@ pub async fn run(target: &Target, p: &Params, probe: &Probe) -> Outcome {
         out.usage = Usage::between(a, b);
         out.measured = Some(*tb - *ta);
     }
+    if let (Some(a), Some(b)) = (calls_before, calls_after) {
+        out.backend = Some(BackendCalls {
+            ok: b.ok.saturating_sub(a.ok),
+            refused: b.refused.saturating_sub(a.refused),
+            connections: b.connections,
+        });
+    }
     read_summary(&text, &mut out);
     check(p, &text, &err_text, status, &mut out);
     out
+}
+
+impl Outcome {
+    fn empty(command: String) -> Outcome {
+        Outcome {
+            succeeded: 0,
+            measured: None,
+            negotiated: Negotiated::default(),
+            mean_us: None,
+            max_us: None,
+            errors: Errors::default(),
+            usage: Usage::default(),
+            backend: None,
+            command,
+        }
+    }
+}
+
+/// The echo backend's gRPC counts, from `GET /grpc-counts` on its plain port;
+/// `None` when it cannot say within a second.
+async fn backend_calls(addr: SocketAddr) -> Option<BackendCalls> {
+    let ask = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /grpc-counts HTTP/1.1\r\nHost: backend\r\n\r\n")
+            .await
+            .ok()?;
+        // The backend closes the connection after the answer.
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.ok()?;
+        parse_calls(&text)
+    };
+    timeout(Duration::from_secs(1), ask).await.ok().flatten()
+}
+
+/// Reads the `ok N`, `refused N`, `connections N` lines of a `200` answer.
+fn parse_calls(answer: &str) -> Option<BackendCalls> {
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let value = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    Some(BackendCalls {
+        ok: value("ok")?,
+        refused: value("refused")?,
+        connections: value("connections")?,
+    })
 }
 
 /// Takes h2load's counts, the negotiated parameters and the request times.
@@ -269,6 +400,9 @@ fn check(
             "no TLS handshake completed (none offering h2, or none at all)".to_owned(),
         );
     }
+    if let Some(g) = &p.grpc {
+        check_calls(p, g, out);
+    }
     if out.succeeded == 0 && out.measured.is_some() && out.errors.total() == 0 {
         add(
             &mut out.errors,
@@ -303,6 +437,43 @@ fn check(
             "h2load",
             1,
             format!("h2load exited with {s}"),
+        );
+    }
+}
+
+/// For gRPC: every call h2load counted as succeeded must have been answered by the
+/// backend with `grpc-status: 0`, and none may have reached it malformed.
+fn check_calls(p: &Params, g: &GrpcCalls, out: &mut Outcome) {
+    if out.measured.is_none() {
+        return;
+    }
+    let Some(b) = out.backend else {
+        add(
+            &mut out.errors,
+            "grpc",
+            1,
+            format!("could not read the backend's gRPC counts at {}", g.counts),
+        );
+        return;
+    };
+    add(
+        &mut out.errors,
+        "grpc",
+        b.refused,
+        "calls reached the backend not as gRPC over HTTP/2 (refused with grpc-status 3)".to_owned(),
+    );
+    // The two counts are taken at nearly the same instants, one at each end of the
+    // proxy, so they differ by at most the calls in flight at either edge.
+    let in_flight = (p.connections * p.streams) as u64;
+    if b.ok + in_flight < out.succeeded {
+        add(
+            &mut out.errors,
+            "grpc",
+            out.succeeded - b.ok - in_flight,
+            format!(
+                "h2load counted {} calls answered, the backend answered {}: the rest did not come from it",
+                out.succeeded, b.ok
+            ),
         );
     }
 }
@@ -364,20 +535,65 @@ time for request:    12.89ms    121.97ms     60.67ms     25.37ms    64.51%
             duration: Duration::from_secs(3),
             cipher: "TLS_AES_128_GCM_SHA256".into(),
             group: "X25519".into(),
+            grpc: None,
         }
     }
 
     fn outcome() -> Outcome {
-        Outcome {
-            succeeded: 0,
-            measured: Some(Duration::from_secs(3)),
-            negotiated: Negotiated::default(),
-            mean_us: None,
-            max_us: None,
-            errors: Errors::default(),
-            usage: Usage::default(),
-            command: String::new(),
-        }
+        let mut out = Outcome::empty(String::new());
+        out.measured = Some(Duration::from_secs(3));
+        out
+    }
+
+    #[test]
+    fn frames_a_grpc_message() {
+        let m = grpc_message(64);
+        assert_eq!(&m[..5], &[0, 0, 0, 0, 64]);
+        assert_eq!(m.len(), 69);
+    }
+
+    #[test]
+    fn reads_the_backend_counts() {
+        let answer =
+            "HTTP/1.1 200 OK\r\nContent-Length: 36\r\n\r\nok 12\nrefused 0\nconnections 3\n";
+        assert_eq!(
+            parse_calls(answer),
+            Some(BackendCalls {
+                ok: 12,
+                refused: 0,
+                connections: 3
+            })
+        );
+        assert_eq!(parse_calls("HTTP/1.1 404 Not Found\r\n\r\nok 1"), None);
+    }
+
+    #[test]
+    fn grpc_calls_not_answered_by_the_backend_are_errors() {
+        let text: Vec<String> = OUTPUT.lines().map(str::to_owned).collect();
+        let mut p = params();
+        p.grpc = Some(GrpcCalls {
+            message_len: 64,
+            counts: "127.0.0.1:9".parse().unwrap(),
+        });
+        // 12,400 succeeded; 500 may be in flight at the edges.
+        let checked = |ok, refused| {
+            let mut out = outcome();
+            read_summary(&text, &mut out);
+            out.backend = Some(BackendCalls {
+                ok,
+                refused,
+                connections: 2,
+            });
+            check(&p, &text, "", None, &mut out);
+            out.errors.to_json().get("grpc").cloned()
+        };
+        assert_eq!(checked(11_900, 0), None);
+        assert_eq!(checked(11_000, 0), Some(900.into()));
+        assert_eq!(checked(12_400, 7), Some(7.into()));
+        let mut out = outcome();
+        read_summary(&text, &mut out);
+        check(&p, &text, "", None, &mut out);
+        assert_eq!(out.errors.to_json()["grpc"], 1);
     }
 
     #[test]

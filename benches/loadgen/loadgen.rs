@@ -3,8 +3,9 @@
 //! percentiles, errors, and the proxy's own CPU time and memory, as one JSON line
 //! per run plus a short human summary on stderr.
 //!
-//! Modes: `throughput`, `pingpong`, `handshakes`, `idle`, `http`, and `h2load` (HTTP/2
-//! over TLS, made by nghttp2's h2load with this program measuring around it); and
+//! Modes: `throughput`, `pingpong`, `handshakes`, `idle`, `http`, `h2load` (HTTP/2
+//! over TLS, made by nghttp2's h2load with this program measuring around it) and
+//! `grpc` (gRPC unary calls the same way, checked against the backend's counts); and
 //! two helpers for the driver script: `report` (the markdown table) and `free-ports`.
 
 #[path = "../common/frame.rs"]
@@ -115,20 +116,25 @@ enum Command {
         run: RunArgs,
         #[command(flatten)]
         timing: Timing,
-        #[arg(long, default_value_t = 50)]
-        connections: usize,
-        /// Streams in flight per connection.
-        #[arg(long, default_value_t = 10)]
-        streams: usize,
-        /// The h2load program.
-        #[arg(long, value_name = "PATH", default_value = "h2load")]
-        h2load: PathBuf,
-        /// The one TLS 1.3 cipher suite offered: every server negotiates this one.
-        #[arg(long, default_value = "TLS_AES_128_GCM_SHA256")]
-        cipher: String,
-        /// The one key-exchange group offered.
-        #[arg(long, default_value = "X25519")]
-        group: String,
+        #[command(flatten)]
+        h2: H2Args,
+    },
+    /// gRPC unary calls over TLS made by h2load (POSTs of one framed message with
+    /// gRPC's headers to --path); the echo backend's counts show that every call
+    /// h2load counted as answered was answered by it, as gRPC over HTTP/2.
+    Grpc {
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        timing: Timing,
+        #[command(flatten)]
+        h2: H2Args,
+        /// Payload bytes of the message each call sends and gets back.
+        #[arg(long, default_value_t = 64)]
+        message_len: usize,
+        /// The echo backend's plain port, which answers `GET /grpc-counts`.
+        #[arg(long, value_name = "HOST:PORT")]
+        backend_counts: String,
     },
     /// Print the markdown comparison table from a file of result lines.
     Report {
@@ -199,6 +205,25 @@ struct RunArgs {
     /// Runtime threads; one keeps the client's own cost lowest.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+}
+
+/// What the h2load modes share.
+#[derive(Args)]
+struct H2Args {
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// Streams in flight per connection.
+    #[arg(long, default_value_t = 10)]
+    streams: usize,
+    /// The h2load program.
+    #[arg(long, value_name = "PATH", default_value = "h2load")]
+    h2load: PathBuf,
+    /// The one TLS 1.3 cipher suite offered: every server negotiates this one.
+    #[arg(long, default_value = "TLS_AES_128_GCM_SHA256")]
+    cipher: String,
+    /// The one key-exchange group offered.
+    #[arg(long, default_value = "X25519")]
+    group: String,
 }
 
 #[derive(Args)]
@@ -361,25 +386,19 @@ fn prepare(c: Command) -> Result<Job, String> {
             };
             (run, Mode::Http(p))
         }
-        Command::H2load {
+        Command::H2load { run, timing, h2 } => (run, Mode::H2load(h2load_params(h2, &timing)?)),
+        Command::Grpc {
             run,
             timing,
-            connections,
-            streams,
-            h2load,
-            cipher,
-            group,
+            h2,
+            message_len,
+            backend_counts,
         } => {
-            let p = h2load::Params {
-                program: h2load,
-                connections: bounded("connections", connections, 1, MAX_CONNECTIONS)?,
-                streams: bounded("streams", streams, 1, MAX_WINDOW)?,
-                // h2load takes whole milliseconds.
-                warmup: seconds("warmup", timing.warmup, 0.001)?,
-                duration: seconds("duration", timing.duration, 0.1)?,
-                cipher,
-                group,
-            };
+            let mut p = h2load_params(h2, &timing)?;
+            p.grpc = Some(h2load::GrpcCalls {
+                message_len: bounded("message-len", message_len, 0, MAX_SIZE)?,
+                counts: loopback(&backend_counts)?,
+            });
             (run, Mode::H2load(p))
         }
         Command::Report { .. } | Command::FreePorts { .. } => {
@@ -412,6 +431,20 @@ fn prepare(c: Command) -> Result<Job, String> {
         scenario: run.scenario,
         json: run.json,
         threads: bounded("threads", run.threads, 1, 256)?,
+    })
+}
+
+fn h2load_params(h2: H2Args, timing: &Timing) -> Result<h2load::Params, String> {
+    Ok(h2load::Params {
+        program: h2.h2load,
+        connections: bounded("connections", h2.connections, 1, MAX_CONNECTIONS)?,
+        streams: bounded("streams", h2.streams, 1, MAX_WINDOW)?,
+        // h2load takes whole milliseconds.
+        warmup: seconds("warmup", timing.warmup, 0.001)?,
+        duration: seconds("duration", timing.duration, 0.1)?,
+        cipher: h2.cipher,
+        group: h2.group,
+        grpc: None,
     })
 }
 
@@ -659,17 +692,25 @@ async fn execute(job: &Job) -> (Value, Vec<String>, bool) {
                 .filter(|&s| s > 0.0 && o.succeeded > 0)
                 .map(|s| o.succeeded as f64 / s);
             let n = &o.negotiated;
+            let (mode, what) = match p.grpc {
+                Some(_) => ("grpc", "gRPC unary"),
+                None => ("h2load", "HTTP/2 GET"),
+            };
             let mut r = json!({
-                "mode": "h2load",
+                "mode": mode,
                 "title": format!(
-                    "HTTP/2 GET over TLS, {} conns × {} streams",
+                    "{what} over TLS, {} conns × {} streams",
                     p.connections, p.streams
                 ),
                 "params": {
                     "connections": p.connections, "streams": p.streams,
                     "cipher": p.cipher, "group": p.group,
+                    "message_len": p.grpc.as_ref().map(|g| g.message_len),
                     "warmup_s": p.warmup.as_secs_f64(), "duration_s": p.duration.as_secs_f64(),
                 },
+                "backend_calls": o.backend.map(|b| json!({
+                    "ok": b.ok, "refused": b.refused, "connections": b.connections,
+                })),
                 "command": o.command,
                 "measured_s": secs,
                 "requests": o.succeeded,
@@ -705,6 +746,12 @@ async fn execute(job: &Job) -> (Value, Vec<String>, bool) {
                     o.max_us.map_or("?".to_owned(), |x| format!("{x:.0}")),
                 ),
             ];
+            if let Some(b) = o.backend {
+                s.push(format!(
+                    "backend: {} calls answered with grpc-status 0 over HTTP/2, {} refused, {} connections from the proxy",
+                    b.ok, b.refused, b.connections
+                ));
+            }
             s.extend(usage_lines(&o.usage, o.succeeded, "req"));
             s.extend(o.errors.describe());
             (r, s, o.errors.total() == 0 && rate.is_some())

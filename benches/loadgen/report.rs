@@ -211,8 +211,9 @@ fn rows_for(scenario: &str, title: &str, mode: &str) -> Vec<Row> {
             row("handshakes/s", rate, Better::Higher, 0, true),
             row("proxy CPU µs/handshake", cpu, Better::Lower, 1, false),
         ],
-        // HTTP/1.1 from loadgen, HTTP/2 from h2load: the same figures.
-        "http" | "h2load" => vec![
+        // HTTP/1.1 from loadgen, HTTP/2 GETs and gRPC calls from h2load: the same
+        // figures, a gRPC call counted as one request.
+        "http" | "h2load" | "grpc" => vec![
             row("req/s", rate, Better::Higher, 0, true),
             row("proxy CPU µs/req", cpu, Better::Lower, 2, false),
         ],
@@ -419,6 +420,39 @@ mod tests {
         );
         assert!(
             table.contains("| I: proxy KiB/tunnel ↓ | — | not run | not run | — |  |"),
+            "{table}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn grpc_rows_are_requests() {
+        let dir = std::env::temp_dir().join(format!("loadgen-grpc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r.jsonl");
+        let text = [
+            r#"{"scenario":"grpc","title":"G","mode":"grpc","target":"direct","skipped":"no proxy"}"#,
+            r#"{"scenario":"grpc","title":"G","mode":"grpc","target":"sluice","rate":12000,"cpu_us_per_op":40,"proxy_core_busy":0.99,"has_proxy":true,"errors_total":0}"#,
+            r#"{"scenario":"grpc","title":"G","mode":"grpc","target":"nginx","rate":8000,"cpu_us_per_op":60,"proxy_core_busy":0.99,"has_proxy":true,"errors_total":0}"#,
+        ]
+        .join("\n");
+        std::fs::write(&path, text).unwrap();
+        let table = render(&Options {
+            results: &path,
+            targets: vec!["direct".into(), "sluice".into(), "nginx".into()],
+            subject: "sluice".into(),
+            peers: vec!["nginx".into()],
+            busy_threshold: 0.9,
+            noise_threshold: 0.05,
+            notes: vec![],
+        })
+        .unwrap();
+        assert!(
+            table.contains("| G: req/s ↑ | — | 12,000 | 8,000 | 1.50× (vs nginx) |  |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| G: proxy CPU µs/req ↓ | — | 40.00 | 60.00 | 0.67× (vs nginx) |  |"),
             "{table}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
