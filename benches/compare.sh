@@ -6,7 +6,7 @@
 #   benches/compare.sh --quick    shorter run, fewer idle tunnels (under 3 minutes)
 #
 # Options: --targets "direct sluice nginx haproxy caddy" (a subset, in order),
-#          --scenarios "idle ws64-w8 ws64-w128 ws64k-w4 pingpong handshakes http h2"
+#          --scenarios "idle ws64-w8 ws64-w128 ws64k-w4 pingpong handshakes http h2 grpc"
 #          (a subset; table order stays), --rounds N (rounds of the rate scenarios;
 #          3 in a full run, 1 quick), --keep (keep the work directory with configs
 #          and logs), --help.
@@ -20,7 +20,9 @@
 #
 # The h2 scenario (HTTP/2 GETs over TLS, made by h2load) runs against a second start
 # of each proxy, with a TLS listener and the same certificate for all, so the other
-# scenarios run against exactly the configuration they always had.
+# scenarios run against exactly the configuration they always had. The grpc scenario
+# (gRPC unary calls, also made by h2load) runs against a third start, the same TLS
+# listener in front of the echo backend's h2c gRPC port.
 #
 # On a virtual machine the same figure moves by 10 to 20 % from one minute to the
 # next, so a full run measures the rate scenarios in rounds: every target in turn,
@@ -37,7 +39,7 @@ QUICK=0
 KEEP=0
 ROUNDS=""
 TARGETS="direct sluice nginx haproxy caddy"
-ALL_SCENARIOS="idle ws64-w8 ws64-w128 ws64k-w4 pingpong handshakes http h2"
+ALL_SCENARIOS="idle ws64-w8 ws64-w128 ws64k-w4 pingpong handshakes http h2 grpc"
 SCENARIOS=$ALL_SCENARIOS
 while (($#)); do
     case "$1" in
@@ -235,9 +237,10 @@ have_caddy() { command -v caddy >/dev/null 2>&1 || [[ -x /usr/bin/caddy ]]; }
 wanted() { [[ " $TARGETS " == *" $1 "* ]]; }
 scenario_wanted() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
-# HTTP/2 is measured against the proxies only: the backend speaks HTTP/1.1.
+# HTTP/2 over TLS (h2 and grpc) is measured against the proxies only: the backend
+# speaks HTTP/1.1, and h2c without TLS for gRPC.
 H2_RUNS=0
-if scenario_wanted h2; then
+if scenario_wanted h2 || scenario_wanted grpc; then
     for t in $TARGETS; do
         [[ "$t" == direct ]] || H2_RUNS=1
     done
@@ -245,7 +248,7 @@ fi
 # The other scenarios, in table order, for the first start of each target.
 PLAIN_SCENARIOS=""
 for s in $SCENARIOS; do
-    [[ "$s" == h2 ]] || PLAIN_SCENARIOS+="$s "
+    [[ "$s" == h2 || "$s" == grpc ]] || PLAIN_SCENARIOS+="$s "
 done
 
 missing=()
@@ -258,6 +261,8 @@ command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
 if ((H2_RUNS)); then
     command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    # The grpc scenario's one call through each proxy, to see its trailers.
+    scenario_wanted grpc && ! command -v curl >/dev/null 2>&1 && missing+=(curl)
 fi
 if ((${#missing[@]})); then
     say "installing ${missing[*]}"
@@ -352,17 +357,18 @@ else
 fi
 
 # ---- Per-target configuration ----
-# Each writes its config into $WORK/<target>/ ($WORK/<target>-h2/ when KIND is h2)
-# and starts the proxy listening on $PROXY_PORT in front of the backend on
-# $BACKEND_PORT; sets PROXY_MAIN (the process started, stopped at the end) and
-# PROXY_PID (the one whose CPU time and memory are measured: the same except for
-# nginx). KIND plain is a plain listener, for every scenario but h2; KIND h2 is a
-# TLS listener offering h2 in ALPN, with $CERT and $KEY, TLS 1.3 only, and
-# otherwise the same settings.
+# Each writes its config into $WORK/<target>/ ($WORK/<target>-h2/ when KIND is h2,
+# -grpc when grpc) and starts the proxy listening on $PROXY_PORT in front of the
+# backend on $BACKEND_PORT; sets PROXY_MAIN (the process started, stopped at the
+# end) and PROXY_PID (the one whose CPU time and memory are measured: the same
+# except for nginx). KIND plain is a plain listener, for every scenario but h2 and
+# grpc; KIND h2 is a TLS listener offering h2 in ALPN, with $CERT and $KEY, TLS 1.3
+# only, and otherwise the same settings; KIND grpc is the same TLS listener in front
+# of the backend's h2c gRPC port, $GRPC_PORT, spoken to over HTTP/2.
 KIND=plain
 
 work_dir() {
-    if [[ "$KIND" == h2 ]]; then echo "$WORK/$1-h2"; else echo "$WORK/$1"; fi
+    if [[ "$KIND" == plain ]]; then echo "$WORK/$1"; else echo "$WORK/$1-$KIND"; fi
 }
 
 # Idle upstream connections each proxy keeps (where it has such a limit). The h2
@@ -370,15 +376,21 @@ work_dir() {
 # once: with 128 kept, nginx, Caddy and sluice closed the rest after each response
 # (7,000 to 10,000 connections in TIME_WAIT after 3 s) and the row measured
 # connection set-up instead of HTTP/2. HAProxy keeps every idle connection anyway.
+# The grpc scenario keeps as many: nginx's grpc_pass carries one call per upstream
+# connection at a time; the others multiplex calls on a few HTTP/2 connections.
 upstream_idle() {
-    if [[ "$KIND" == h2 ]]; then echo 1024; else echo 128; fi
+    if [[ "$KIND" == plain ]]; then echo 128; else echo 1024; fi
 }
 
 start_sluice() {
-    local d listener="listen = \"127.0.0.1:$PROXY_PORT\""
+    local d listener="listen = \"127.0.0.1:$PROXY_PORT\"" upstream="servers = [\"127.0.0.1:$BACKEND_PORT\"]"
     d=$(work_dir sluice)
     mkdir -p "$d"
-    if [[ "$KIND" == h2 ]]; then
+    if [[ "$KIND" == grpc ]]; then
+        # Prior knowledge (h2c): no tls on the upstream.
+        upstream="servers = [\"127.0.0.1:$GRPC_PORT\"]"$'\n'"protocol = \"h2\""
+    fi
+    if [[ "$KIND" != plain ]]; then
         # A TLS listener offers h2 in ALPN, before http/1.1, unless http2 = false;
         # at most 128 streams per connection by default ([http2]).
         listener+=$'\n'"tls = { cert = \"$CERT\", key = \"$KEY\", min_version = \"1.3\" }"
@@ -406,7 +418,7 @@ path = "/"
 upstream = "b"
 
 [upstreams.b]
-servers = ["127.0.0.1:$BACKEND_PORT"]
+$upstream
 keepalive = $(upstream_idle)
 EOF
     start_bg "$d/sluice.log" "${PROXY_PIN[@]}" "$SLUICE" -c "$d/sluice.toml"
@@ -417,9 +429,29 @@ EOF
 
 start_nginx() {
     local d listen="listen 127.0.0.1:$PROXY_PORT backlog=4096;"
+    local upstream_port=$BACKEND_PORT
+    local pass="proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection \$connection_upgrade;
+            proxy_read_timeout 600s;
+            proxy_send_timeout 600s;
+            # Pass responses on as they arrive, as a gateway for streams does; the
+            # 16 KiB buffer also sizes each direction of an upgraded tunnel.
+            proxy_buffering off;
+            proxy_buffer_size 16k;
+            proxy_buffers 8 16k;"
+    if [[ "$KIND" == grpc ]]; then
+        # grpc_pass speaks HTTP/2 with prior knowledge (grpc://, no TLS), one stream
+        # per upstream connection; the keepalive pool below keeps those connections.
+        upstream_port=$GRPC_PORT
+        pass="grpc_pass grpc://backend;
+            grpc_read_timeout 600s;
+            grpc_send_timeout 600s;"
+    fi
     d=$(work_dir nginx)
     mkdir -p "$d"
-    if [[ "$KIND" == h2 ]]; then
+    if [[ "$KIND" != plain ]]; then
         # nginx 1.22's form (1.25 moved http2 to its own directive); 128 streams per
         # connection by default, and keepalive_requests caps HTTP/2 requests too.
         listen="listen 127.0.0.1:$PROXY_PORT ssl http2 backlog=4096;
@@ -461,7 +493,7 @@ http {
     }
 
     upstream backend {
-        server 127.0.0.1:$BACKEND_PORT;
+        server 127.0.0.1:$upstream_port;
         keepalive $(upstream_idle);
         keepalive_requests 1000000;
         keepalive_timeout 600s;
@@ -470,17 +502,7 @@ http {
     server {
         $listen
         location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade \$http_upgrade;
-            proxy_set_header Connection \$connection_upgrade;
-            proxy_read_timeout 600s;
-            proxy_send_timeout 600s;
-            # Pass responses on as they arrive, as a gateway for streams does; the
-            # 16 KiB buffer also sizes each direction of an upgraded tunnel.
-            proxy_buffering off;
-            proxy_buffer_size 16k;
-            proxy_buffers 8 16k;
+            $pass
         }
     }
 }
@@ -500,11 +522,16 @@ EOF
 }
 
 start_haproxy() {
-    local d bind="bind 127.0.0.1:$PROXY_PORT"
+    local d bind="bind 127.0.0.1:$PROXY_PORT" server="server s1 127.0.0.1:$BACKEND_PORT"
     d=$(work_dir haproxy)
     mkdir -p "$d"
-    if [[ "$KIND" == h2 ]]; then
+    if [[ "$KIND" != plain ]]; then
         bind+=" ssl crt $CERT_AND_KEY alpn h2,http/1.1 ssl-min-ver TLSv1.3"
+    fi
+    if [[ "$KIND" == grpc ]]; then
+        # HTTP/2 with prior knowledge to the server, streams multiplexed on its
+        # connections (http-reuse always).
+        server="server s1 127.0.0.1:$GRPC_PORT proto h2"
     fi
     # HAProxy refuses to start when maxconn needs more descriptors than the hard
     # limit allows (two per proxied connection).
@@ -530,7 +557,7 @@ frontend fe
 
 backend be
     http-reuse always
-    server s1 127.0.0.1:$BACKEND_PORT
+    $server
 EOF
     start_bg "$d/haproxy.log" "${PROXY_PIN[@]}" haproxy -db -f "$d/haproxy.cfg"
     PROXY_MAIN=$LAST_PID
@@ -539,10 +566,12 @@ EOF
 }
 
 start_caddy() {
-    local d site="http://:$PROXY_PORT" servers="" tls=""
+    local d site="http://:$PROXY_PORT" servers="" tls="" upstream="127.0.0.1:$BACKEND_PORT"
     d=$(work_dir caddy)
     mkdir -p "$d"
-    if [[ "$KIND" == h2 ]]; then
+    # h2c://: HTTP/2 with prior knowledge to the backend's gRPC port.
+    [[ "$KIND" == grpc ]] && upstream="h2c://127.0.0.1:$GRPC_PORT"
+    if [[ "$KIND" != plain ]]; then
         # auto_https off still serves TLS with the given files; it only keeps Caddy
         # from getting certificates (from the network) and from redirecting. No h3:
         # it would add a UDP listener and an Alt-Svc header to every response.
@@ -564,7 +593,7 @@ $servers
 $site {
 	bind 127.0.0.1
 $tls
-	reverse_proxy 127.0.0.1:$BACKEND_PORT {
+	reverse_proxy $upstream {
 		transport http {
 			keepalive 600s
 			keepalive_idle_conns $(upstream_idle)
@@ -694,33 +723,74 @@ run_scenarios() {
         --warmup "$WARMUP" --duration "$DURATION" || return
 }
 
-# The h2 scenario: h2load's clients, each with this many streams in flight.
+# The h2 and grpc scenarios: h2load's clients, each with this many streams in flight.
 H2_CONNS=50
 H2_STREAMS=10
 H2_TITLE="HTTP/2 GET over TLS, $H2_CONNS conns × $H2_STREAMS streams"
+GRPC_TITLE="gRPC unary over TLS, $H2_CONNS conns × $H2_STREAMS streams"
+# The method every call names, and the payload of the message each sends.
+GRPC_PATH=/bench.Echo/Unary
+GRPC_MESSAGE_LEN=64
 
-# The h2 scenario for one target, against its own start of the proxy with a TLS
-# listener (KIND h2). A target that cannot serve it gets a record saying why, so its
-# cell shows "—" and the reason; the run goes on.
-run_h2() {
-    local t=$1 round=$2
+# The h2 or grpc scenario (as KIND says) for one target, against its own start of
+# the proxy with a TLS listener. A target that cannot serve it gets a record saying
+# why, so its cell shows "—" and the reason; the run goes on.
+run_tls() {
+    local t=$1 round=$2 title=$H2_TITLE mode=h2load why="the echo backend speaks HTTP/1.1 only"
+    local extra=()
+    if [[ "$KIND" == grpc ]]; then
+        title=$GRPC_TITLE
+        mode=grpc
+        why="no proxy to end TLS: the echo backend speaks gRPC over h2c only"
+        extra=(--path "$GRPC_PATH" --message-len "$GRPC_MESSAGE_LEN"
+            --backend-counts "127.0.0.1:$BACKEND_PORT")
+    fi
     if [[ "$t" == direct ]]; then
-        # The backend speaks HTTP/1.1 only: nothing to measure, once.
-        ((round == 1)) && printf '{"scenario":"h2","title":"%s","mode":"h2load","target":"direct","skipped":"the echo backend speaks HTTP/1.1 only"}\n' \
-            "$H2_TITLE" >>"$RESULTS"
+        # Nothing to measure, once.
+        ((round == 1)) && printf '{"scenario":"%s","title":"%s","mode":"%s","target":"direct","skipped":"%s"}\n' \
+            "$KIND" "$title" "$mode" "$why" >>"$RESULTS"
         return 0
     fi
     if start_target "$t"; then
-        scenario "$t" h2 h2load --connections "$H2_CONNS" --streams "$H2_STREAMS" \
+        [[ "$KIND" == grpc ]] && grpc_trailers "$t"
+        scenario "$t" "$KIND" "$mode" --connections "$H2_CONNS" --streams "$H2_STREAMS" \
             --h2load "$H2LOAD" --cipher "$H2_CIPHER" --group "$H2_GROUP" \
-            --warmup "$WARMUP" --duration "$DURATION"
+            --warmup "$WARMUP" --duration "$DURATION" "${extra[@]}"
     else
-        printf '{"scenario":"h2","title":"%s","mode":"h2load","target":"%s","errors_total":1,"first_error":"did not start with a TLS listener (see its log)"}\n' \
-            "$H2_TITLE" "$t" >>"$RESULTS"
+        printf '{"scenario":"%s","title":"%s","mode":"%s","target":"%s","errors_total":1,"first_error":"did not start with a TLS listener (see its log)"}\n' \
+            "$KIND" "$title" "$mode" "$t" >>"$RESULTS"
     fi
     # For nginx this is the master; stopping it stops the worker too.
     [[ -n "$PROXY_MAIN" ]] && stop_pid "$PROXY_MAIN"
     return 0
+}
+
+# One gRPC call through target $1 with curl, before the load: h2load sees HTTP
+# statuses only, so this is where the trailers are seen to arrive. The response head
+# and trailers are kept in $WORK/grpc-curl-<target>.txt (curl's complaints beside
+# it, .err); a call without grpc-status 0 in trailers after the head is a problem.
+GRPC_TRAILERS=()
+grpc_trailers() {
+    local t=$1 out="$WORK/grpc-curl-$1.txt"
+    if [[ ! -f "$WORK/grpc-message.bin" ]]; then
+        # A zero flag byte, the length 5 in four big-endian bytes, "hello".
+        printf '\0\0\0\0\5hello' >"$WORK/grpc-message.bin"
+    fi
+    # The trailers are written after the blank line that ends the response head.
+    curl -sS --http2 --insecure --max-time 10 -o /dev/null -D "$out" -X POST \
+        -H 'content-type: application/grpc' -H 'te: trailers' \
+        --data-binary "@$WORK/grpc-message.bin" "https://127.0.0.1:$PROXY_PORT$GRPC_PATH" \
+        2>"$out.err"
+    if awk 'NR == 1 { h2 = /^HTTP\/2 200/ } /^\r?$/ { body = 1 }
+            body && tolower($0) ~ /^grpc-status: 0\r?$/ { ok = 1 }
+            END { exit !(h2 && ok) }' "$out"; then
+        GRPC_TRAILERS+=("$t")
+        echo "    one call with curl: HTTP/2 200, grpc-status 0 in the trailers" >&2
+    else
+        FAILURES+=("$t/grpc: a call through it with curl did not end in trailers with grpc-status 0 (see $out with --keep)")
+        echo "    one call with curl did not end in grpc-status 0 trailers:" >&2
+        cat "$out" "$out.err" 2>/dev/null | sed 's/^/      /' >&2
+    fi
 }
 
 # Whether the proxy (and the backend) still run; a crash is reported with its log.
@@ -756,7 +826,7 @@ VERSIONS=()
 VERSIONED=" "
 start_target() {
     local t=$1 how=""
-    [[ "$KIND" == h2 ]] && how=" with its TLS listener"
+    [[ "$KIND" != plain ]] && how=" with its TLS listener"
     PROXY_MAIN=""
     PROXY_PID=""
     if "start_$t"; then
@@ -775,13 +845,19 @@ start_target() {
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     for t in $(round_order "$ROUND"); do
         if ((ROUNDS > 1)); then say "$t (round $ROUND of $ROUNDS)"; else say "$t"; fi
-        read -r BACKEND_PORT PLAIN_PORT TLS_PORT < <("$LOADGEN" free-ports 3 | tr '\n' ' ')
-        [[ -n "${TLS_PORT:-}" ]] || die "no free ports"
-        # A fresh backend per target, so that none inherits another's state.
+        read -r BACKEND_PORT PLAIN_PORT TLS_PORT GRPC_PORT < <("$LOADGEN" free-ports 4 | tr '\n' ' ')
+        [[ -n "${GRPC_PORT:-}" ]] || die "no free ports"
+        # A fresh backend per target, so that none inherits another's state; its h2c
+        # gRPC port only when the grpc scenario runs.
+        grpc_listen=()
+        scenario_wanted grpc && grpc_listen=(--grpc-listen "127.0.0.1:$GRPC_PORT")
         start_bg "$WORK/backend-$t.log" "${CLIENT_PIN[@]}" "$BACKEND" \
-            --listen "127.0.0.1:$BACKEND_PORT" --body-len "$HTTP_BODY"
+            --listen "127.0.0.1:$BACKEND_PORT" --body-len "$HTTP_BODY" "${grpc_listen[@]}"
         BACKEND_PID=$LAST_PID
         wait_port "$BACKEND_PORT" "$BACKEND_PID" || die "the echo backend did not start"
+        if ((${#grpc_listen[@]})); then
+            wait_port "$GRPC_PORT" "$BACKEND_PID" || die "the echo backend's gRPC port did not open"
+        fi
 
         if [[ -n "${PLAIN_SCENARIOS// /}" ]]; then
             KIND=plain
@@ -790,12 +866,12 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
             # For nginx this is the master; stopping it stops the worker too.
             [[ -n "$PROXY_MAIN" ]] && stop_pid "$PROXY_MAIN"
         fi
-        if scenario_wanted h2; then
-            KIND=h2
+        for KIND in h2 grpc; do
+            scenario_wanted "$KIND" || continue
             PROXY_PORT=$TLS_PORT
-            run_h2 "$t" "$ROUND"
-            KIND=plain
-        fi
+            run_tls "$t" "$ROUND"
+        done
+        KIND=plain
         stop_pid "$BACKEND_PID"
     done
 done
@@ -821,10 +897,10 @@ fi
 # The string value of key $1 in the JSON text $2 (flat: no nesting, no escapes).
 json_str() { grep -o "\"$1\":\"[^\"]*\"" <<<"$2" | head -n1 | cut -d'"' -f4; }
 
-# What each target's TLS handshakes settled on in the h2 scenario, as h2load
-# reported it, grouped: "nginx, caddy: h2, TLSv1.3, ...".
+# What each target's TLS handshakes settled on in the scenarios of loadgen mode $1
+# (h2load or grpc), as h2load reported it, grouped: "nginx, caddy: h2, TLSv1.3, ...".
 h2_negotiated() {
-    local line t tls what i found
+    local mode=$1 line t tls what i found
     local whats=() whos=()
     while IFS= read -r line; do
         t=$(json_str target "$line")
@@ -842,15 +918,38 @@ h2_negotiated() {
             whats+=("$what")
             whos+=("$t")
         }
-    done < <(grep '"mode":"h2load"' "$RESULTS")
+    done < <(grep "\"mode\":\"$mode\"" "$RESULTS")
     for i in "${!whats[@]}"; do
         ((i)) && printf '; '
         printf '%s: %s' "${whos[$i]// /, }" "${whats[$i]}"
     done
 }
+# The number value of key $1 in the JSON text $2 (flat, as json_str).
+json_num() { grep -o "\"$1\":[0-9]*" <<<"$2" | head -n1 | cut -d: -f2; }
+
+# For each grpc record: "sluice 11,900 of 12,000 (2 connections)": the calls the
+# backend answered with grpc-status 0 over the measured interval, of those h2load
+# counted, and the HTTP/2 connections the proxy had opened to it.
+grpc_calls() {
+    local line t calls first=1
+    while IFS= read -r line; do
+        calls=$(grep -o '"backend_calls":{[^}]*}' <<<"$line")
+        [[ -n "$calls" ]] || continue
+        t=$(json_str target "$line")
+        ((first)) || printf ', '
+        first=0
+        printf '%s %s of %s, %s refused (%s connections)' "$t" "$(json_num ok "$calls")" \
+            "$(json_num requests "$line")" "$(json_num refused "$calls")" "$(json_num connections "$calls")"
+    done < <(grep '"mode":"grpc"' "$RESULTS")
+}
 if scenario_wanted h2; then
-    negotiated=$(h2_negotiated)
+    negotiated=$(h2_negotiated h2load)
     NOTES+=("$H2_TITLE: h2load ($(h2load --version 2>/dev/null | awk '{print $2}'), one thread, on CPU 1) against each proxy's TLS listener; every proxy has the same ECDSA P-256 certificate and allows TLS 1.3 only, h2load offers only $H2_CIPHER and $H2_GROUP, ALPN h2 alone, and the proxies speak HTTP/1.1 with keep-alive to the backend (up to $(KIND=h2 upstream_idle) idle connections kept). The direct column is empty: the backend speaks HTTP/1.1 only. Negotiated (as h2load reported it): ${negotiated:-nothing, no target completed it}.")
+fi
+if scenario_wanted grpc; then
+    negotiated=$(h2_negotiated grpc)
+    calls=$(grpc_calls)
+    NOTES+=("$GRPC_TITLE: h2load against the same TLS listeners as the HTTP/2 row, each call a POST to $GRPC_PATH of one $GRPC_MESSAGE_LEN-byte message (framed: $((GRPC_MESSAGE_LEN + 5)) bytes) with content-type application/grpc and te: trailers; each proxy speaks HTTP/2 without TLS (h2c) to the echo backend's gRPC port, which answers with the same message and a grpc-status 0 trailer (sluice protocol = \"h2\", nginx grpc_pass grpc://, HAProxy server ... proto h2, Caddy reverse_proxy h2c://). The direct column is empty: nothing to end TLS. Calls the backend answered over HTTP/2 with grpc-status 0 during the measured interval, of those h2load counted as succeeded (they differ by the calls in flight at its edges): ${calls:-none}. Trailers with grpc-status 0 seen through one curl --http2 call: ${GRPC_TRAILERS[*]:-none}. Negotiated (as h2load reported it): ${negotiated:-nothing, no target completed it}.")
 fi
 if ((${#VERSIONS[@]})); then
     joined=$(
