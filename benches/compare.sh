@@ -879,7 +879,9 @@ done
 # ---- The table ----
 ELAPSED=$(($(date +%s) - T0))
 NOTES=()
-if ((IDLE_CAPPED)); then
+if ! scenario_wanted idle; then
+    : # No idle row, nothing to say about it.
+elif ((IDLE_CAPPED)); then
     NOTES+=("Idle tunnels: $IDLE_N, not $IDLE_WANTED: a proxy holds two descriptors per tunnel and the hard open-file limit here is $NOFILE (ulimit -Hn), so N is capped at (limit − 200) / 2.")
 else
     NOTES+=("Idle tunnels: $IDLE_N per target; KiB/tunnel is the growth of the proxy's resident memory (VmRSS) with all of them open, divided by their number.")
