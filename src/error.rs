@@ -99,7 +99,7 @@ impl ProxyError {
 
     /// The gRPC status a gRPC client is answered with, after the HTTP to gRPC
     /// mapping gRPC itself uses for HTTP statuses (a 404 is UNIMPLEMENTED, a 429
-    /// RESOURCE_EXHAUSTED, a 502 or 503 UNAVAILABLE), where the error says more.
+    /// RESOURCE_EXHAUSTED, a 502 UNAVAILABLE), where the error says more.
     pub fn grpc_status(&self) -> u16 {
         // Exhaustive on purpose, like `status`.
         match self {
@@ -107,9 +107,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) => code::INTERNAL,
             ProxyError::BadHandshake(_) | ProxyError::UnsupportedVersion => code::INVALID_ARGUMENT,
             ProxyError::OriginNotAllowed => code::PERMISSION_DENIED,
-            ProxyError::RateLimited => code::RESOURCE_EXHAUSTED,
-            ProxyError::UpstreamFull
-            | ProxyError::Connect(_)
+            // Limits of sluice's own configuration, not the upstream's failures.
+            ProxyError::RateLimited | ProxyError::UpstreamFull => code::RESOURCE_EXHAUSTED,
+            ProxyError::Connect(_)
             | ProxyError::Upstream(_)
             | ProxyError::BadUpgradeResponse(_)
             | ProxyError::UnexpectedUpgrade
@@ -227,7 +227,11 @@ mod tests {
         let timeout = ProxyError::ResponseTimeout(Duration::from_secs(1));
         assert_eq!(timeout.grpc_status(), 4);
         assert_eq!(ProxyError::RateLimited.grpc_status(), 8);
-        assert_eq!(ProxyError::UpstreamFull.grpc_status(), 14);
+        assert_eq!(ProxyError::UpstreamFull.grpc_status(), 8);
+        assert_eq!(
+            ProxyError::Connect(std::io::ErrorKind::ConnectionRefused.into()).grpc_status(),
+            14
+        );
     }
 
     #[test]

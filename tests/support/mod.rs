@@ -83,7 +83,6 @@ listen = "127.0.0.1:0"
 name = "http"
 listen = "127.0.0.1:0"
 {listener}
-
 [[routes]]
 path = "/"
 upstream = "backend"
