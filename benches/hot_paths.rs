@@ -51,6 +51,7 @@ fn upstream(m: &Metrics, name: &str) -> Arc<Upstream> {
         name: name.into(),
         servers: Servers::Addresses(Vec::new()),
         keepalive: 0,
+        protocol: Default::default(),
         tls: None,
         balance: Balance::RoundRobin,
         max_connections_per_server: None,

@@ -25,6 +25,8 @@ pub struct Entry {
     pub route: Option<Arc<str>>,
     pub server: Option<Arc<str>>,
     pub status: u16,
+    /// A gRPC call's status, from the response head or its trailers.
+    pub grpc_status: Option<u16>,
     /// Request body bytes, counted as the upstream reads them.
     pub bytes_in: Arc<AtomicU64>,
 }
@@ -61,6 +63,7 @@ impl Entry {
             route = self.route.as_deref().unwrap_or("-"),
             server = self.server.as_deref().unwrap_or("-"),
             status = self.status,
+            grpc_status = self.grpc_status,
             bytes_in,
             bytes_out,
             end,

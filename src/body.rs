@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access;
+use crate::metrics::GrpcStatuses;
 
 /// What an upstream's body hands back once it has been read to its end: the pooled
 /// connection it arrived on. Implemented by the upstream pool, so that bodies need
@@ -27,14 +28,26 @@ impl GiveBack for () {
 
 /// A client's request body on its way upstream.
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None` for a request sent again without its (empty) body.
+    inner: Option<Incoming>,
     /// Where bytes are counted, when an access line will want them.
     counted: Option<Arc<AtomicU64>>,
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, counted: Option<Arc<AtomicU64>>) -> RequestBody {
-        RequestBody { inner, counted }
+        RequestBody {
+            inner: Some(inner),
+            counted,
+        }
+    }
+
+    /// No body.
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            counted: None,
+        }
     }
 }
 
@@ -46,7 +59,10 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = std::task::ready!(Pin::new(inner).poll_frame(cx));
         if let (Some(Ok(f)), Some(counted)) = (&frame, &self.counted)
             && let Some(data) = f.data_ref()
         {
@@ -56,11 +72,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 
@@ -69,6 +87,8 @@ pub struct ProxyBody<G: GiveBack> {
     kind: Kind<G>,
     /// The access line to write once the body has been sent (or abandoned).
     access: Option<Box<access::Entry>>,
+    /// Where a gRPC call's status is counted when its trailers pass.
+    grpc: Option<Arc<GrpcStatuses>>,
     sent: u64,
 }
 
@@ -89,6 +109,7 @@ impl<G: GiveBack> ProxyBody<G> {
         ProxyBody {
             kind: Kind::Full(Some(bytes.into())),
             access: None,
+            grpc: None,
             sent: 0,
         }
     }
@@ -98,6 +119,7 @@ impl<G: GiveBack> ProxyBody<G> {
         ProxyBody {
             kind: Kind::Full(None),
             access: None,
+            grpc: None,
             sent: 0,
         }
     }
@@ -107,6 +129,7 @@ impl<G: GiveBack> ProxyBody<G> {
         let mut b = ProxyBody {
             kind: Kind::Upstream { body, checkin },
             access: None,
+            grpc: None,
             sent: 0,
         };
         b.give_back_if_done();
@@ -116,6 +139,12 @@ impl<G: GiveBack> ProxyBody<G> {
     /// Attaches the access line written when this body is done.
     pub fn with_access(mut self, entry: Option<Box<access::Entry>>) -> ProxyBody<G> {
         self.access = entry;
+        self
+    }
+
+    /// Counts the gRPC status in the trailers, when they pass, in `statuses`.
+    pub fn with_grpc(mut self, statuses: Arc<GrpcStatuses>) -> ProxyBody<G> {
+        self.grpc = Some(statuses);
         self
     }
 
@@ -163,6 +192,15 @@ impl<G: GiveBack + Unpin> Body for ProxyBody<G> {
             Kind::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
             Kind::Upstream { body, .. } => {
                 let frame = std::task::ready!(Pin::new(body).poll_frame(cx));
+                if let (Some(Ok(f)), Some(statuses)) = (&frame, &this.grpc)
+                    && let Some(trailers) = f.trailers_ref()
+                    && let Some(status) = crate::grpc::status_of(trailers)
+                {
+                    statuses.inc(status);
+                    if let Some(entry) = this.access.as_mut() {
+                        entry.grpc_status = Some(status);
+                    }
+                }
                 match &frame {
                     // A chunked body says it has ended only by ending.
                     None => this.give_back(),

@@ -255,6 +255,7 @@ pub(crate) struct UpstreamFile {
     pub servers: Option<Spanned<Vec<Spanned<toml::Value>>>>,
     pub builtin: Option<Spanned<String>>,
     pub keepalive: Option<Spanned<i64>>,
+    pub protocol: Option<Spanned<String>>,
     pub tls: Option<Spanned<bool>>,
     pub sni: Option<Spanned<String>>,
     pub ca: Option<Spanned<String>>,

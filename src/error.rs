@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{GiveBack, ProxyBody};
+use crate::grpc::code;
 
 /// Everything that stops a request from being proxied.
 ///
@@ -42,6 +43,10 @@ pub enum ProxyError {
     UnexpectedUpgrade,
     #[error("every server is at its connection limit")]
     UpstreamFull,
+    #[error(
+        "the upstream's HTTP/2 SETTINGS do not enable extended CONNECT (RFC 8441), so it cannot take WebSockets over HTTP/2"
+    )]
+    NoExtendedConnect,
 }
 
 /// Which side a failure belongs to.
@@ -66,7 +71,8 @@ impl ProxyError {
             ProxyError::Connect(_)
             | ProxyError::Upstream(_)
             | ProxyError::BadUpgradeResponse(_)
-            | ProxyError::UnexpectedUpgrade => StatusCode::BAD_GATEWAY,
+            | ProxyError::UnexpectedUpgrade
+            | ProxyError::NoExtendedConnect => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -86,23 +92,66 @@ impl ProxyError {
             | ProxyError::Upstream(_)
             | ProxyError::BadUpgradeResponse(_)
             | ProxyError::UnexpectedUpgrade
+            | ProxyError::NoExtendedConnect
             | ProxyError::UpstreamFull => Origin::Upstream,
+        }
+    }
+
+    /// The gRPC status a gRPC client is answered with, after the HTTP to gRPC
+    /// mapping gRPC itself uses for HTTP statuses (a 404 is UNIMPLEMENTED, a 429
+    /// RESOURCE_EXHAUSTED, a 502 or 503 UNAVAILABLE), where the error says more.
+    pub fn grpc_status(&self) -> u16 {
+        // Exhaustive on purpose, like `status`.
+        match self {
+            ProxyError::NoRoute | ProxyError::MethodNotAllowed(_) => code::UNIMPLEMENTED,
+            ProxyError::BadRequest(_) => code::INTERNAL,
+            ProxyError::BadHandshake(_) | ProxyError::UnsupportedVersion => code::INVALID_ARGUMENT,
+            ProxyError::OriginNotAllowed => code::PERMISSION_DENIED,
+            ProxyError::RateLimited => code::RESOURCE_EXHAUSTED,
+            ProxyError::UpstreamFull
+            | ProxyError::Connect(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::BadUpgradeResponse(_)
+            | ProxyError::UnexpectedUpgrade
+            | ProxyError::NoExtendedConnect => code::UNAVAILABLE,
+            ProxyError::ResponseTimeout(_) => code::DEADLINE_EXCEEDED,
+        }
+    }
+
+    /// The answer to a gRPC call: HTTP 200 with the status and message in the headers
+    /// and no body (a trailers-only response), which every gRPC client reads.
+    pub fn grpc_response<G: GiveBack>(&self) -> Response<ProxyBody<G>> {
+        let mut resp = Response::new(ProxyBody::empty());
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(self.grpc_status()));
+        let text = self.client_text();
+        if let Ok(v) = HeaderValue::from_str(&crate::grpc::encode_message(text.trim_end())) {
+            headers.insert("grpc-message", v);
+        }
+        resp
+    }
+
+    /// What the client is told: client errors say what was wrong; upstream errors
+    /// say only what failed, since the cause (addresses, certificates) is for the
+    /// operator's log.
+    fn client_text(&self) -> String {
+        match self {
+            ProxyError::NoRoute => "no route for this host and path\n".to_owned(),
+            ProxyError::ResponseTimeout(_) => "upstream timed out\n".to_owned(),
+            ProxyError::UpstreamFull => "upstream at capacity; try again later\n".to_owned(),
+            e if e.origin() == Origin::Upstream => "bad gateway\n".to_owned(),
+            e => format!("{e}\n"),
         }
     }
 
     /// The response sent to the client: the status and a short plain-text body.
     pub fn response<G: GiveBack>(&self) -> Response<ProxyBody<G>> {
         let status = self.status();
-        let text = match self {
-            // Client errors say what was wrong; upstream errors say only what failed,
-            // since the cause (addresses, certificates) is for the operator's log.
-            ProxyError::NoRoute => "no route for this host and path\n".to_owned(),
-            ProxyError::ResponseTimeout(_) => "upstream timed out\n".to_owned(),
-            ProxyError::UpstreamFull => "upstream at capacity; try again later\n".to_owned(),
-            e if e.origin() == Origin::Upstream => "bad gateway\n".to_owned(),
-            e => format!("{e}\n"),
-        };
-        let mut resp = Response::new(ProxyBody::full(Bytes::from(text)));
+        let mut resp = Response::new(ProxyBody::full(Bytes::from(self.client_text())));
         *resp.status_mut() = status;
         let headers = resp.headers_mut();
         headers.insert(
@@ -156,12 +205,29 @@ mod tests {
             ),
             (ProxyError::BadUpgradeResponse("x"), 502, Origin::Upstream),
             (ProxyError::UnexpectedUpgrade, 502, Origin::Upstream),
+            (ProxyError::NoExtendedConnect, 502, Origin::Upstream),
         ];
         for (err, status, origin) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
             assert_eq!(err.origin(), origin, "{err:?}");
             assert_eq!(err.response::<()>().status().as_u16(), status);
         }
+    }
+
+    #[test]
+    fn grpc_answers_are_trailers_only_with_status_and_message() {
+        let resp = ProxyError::NoRoute.grpc_response::<()>();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/grpc");
+        assert_eq!(resp.headers()["grpc-status"], "12");
+        assert_eq!(
+            resp.headers()["grpc-message"],
+            "no route for this host and path"
+        );
+        let timeout = ProxyError::ResponseTimeout(Duration::from_secs(1));
+        assert_eq!(timeout.grpc_status(), 4);
+        assert_eq!(ProxyError::RateLimited.grpc_status(), 8);
+        assert_eq!(ProxyError::UpstreamFull.grpc_status(), 14);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`config`]: the TOML file structs, loading, and validation into typed settings.
 //! - [`gateway`]: starts everything one configuration runs; the library's entry point.
+//! - [`grpc`]: gRPC calls as a proxy sees them: deadlines, and the statuses sluice answers.
 //! - [`server`]: listeners: bind, connection limit, accept with back-off.
 //! - [`conn`]: one client connection served as HTTP/1.1 with upgrades.
 //! - [`client`]: a client connection's identity and its place under the limits.
@@ -43,6 +44,7 @@ pub mod conn;
 pub mod echo;
 pub mod error;
 pub mod gateway;
+pub mod grpc;
 pub mod handshake;
 pub mod headers;
 pub mod limits;

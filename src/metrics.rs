@@ -5,7 +5,7 @@
 //! so the number of series stays bounded. On the hot path a handle is an `Arc` to an
 //! atomic: updating it takes no lock and allocates nothing (see `benches/metrics.rs`).
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crate::limits::Refusal;
 
@@ -38,6 +38,7 @@ pub struct Metrics {
     tunnel_bytes: IntCounterVec,
     tunnel_duration: HistogramVec,
     http_requests: IntCounterVec,
+    grpc_responses: IntCounterVec,
     http_duration: HistogramVec,
     requests_refused: IntCounterVec,
     upstream_connect: HistogramVec,
@@ -143,6 +144,12 @@ impl Metrics {
                 "sluice_http_requests_total",
                 "HTTP requests answered, by status (WebSocket handshakes not included).",
                 &["route", "status"],
+            ),
+            grpc_responses: family!(
+                IntCounterVec,
+                "sluice_grpc_responses_total",
+                "gRPC calls answered, by gRPC status (from the upstream's trailers or sluice's own answer).",
+                &["route", "grpc_status"],
             ),
             http_duration: hist!(
                 "sluice_http_request_duration_seconds",
@@ -269,6 +276,11 @@ impl Metrics {
                 .with_label_values(&[name, "max_connections_per_server"]),
             http_requests: self.http_requests.clone(),
             by_status: Box::new([const { OnceLock::new() }; STATUS_SLOTS]),
+            grpc: Arc::new(GrpcStatuses {
+                route: name.to_owned(),
+                responses: self.grpc_responses.clone(),
+                by_code: [const { OnceLock::new() }; GRPC_CODES],
+            }),
         };
         // The statuses every route sees sooner or later exist from the start at 0, so
         // that the first one counted shows in rate() and in ratio alerts.
@@ -343,6 +355,31 @@ impl ListenerMetrics {
     }
 }
 
+/// gRPC status codes 0..=16.
+const GRPC_CODES: usize = 17;
+
+/// One route's gRPC statuses, each counter created on first use; shared with the
+/// response bodies that carry the statuses in their trailers.
+pub struct GrpcStatuses {
+    route: String,
+    responses: IntCounterVec,
+    by_code: [OnceLock<IntCounter>; GRPC_CODES],
+}
+
+impl GrpcStatuses {
+    /// Counts one call answered with `code`.
+    pub fn inc(&self, code: u16) {
+        let Some(slot) = self.by_code.get(usize::from(code)) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            self.responses
+                .with_label_values(&[self.route.as_str(), &code.to_string()])
+        })
+        .inc();
+    }
+}
+
 /// Status codes 100..=599, one lazily created counter each.
 const STATUS_SLOTS: usize = 500;
 
@@ -362,6 +399,8 @@ pub struct RouteMetrics {
     /// Requests refused because every server was at its connection cap.
     pub refused_full: IntCounter,
     http_requests: IntCounterVec,
+    /// gRPC statuses, counted where they are seen.
+    pub grpc: Arc<GrpcStatuses>,
     // The status label is bounded (100..=599) but too wide to create up front: each
     // slot is filled on first use, after which a request costs one atomic load and one
     // atomic add.

@@ -20,6 +20,7 @@ use crate::body::{ProxyBody, RequestBody};
 use crate::client::{ConnInfo, Held};
 use crate::config::Timeouts;
 use crate::error::{Origin, ProxyError};
+use crate::grpc;
 use crate::handshake::{self, Upgrade};
 use crate::headers;
 use crate::limits::ClientLimits;
@@ -65,6 +66,8 @@ struct Exchange<'a> {
     route: Option<Arc<Route>>,
     server: Option<Arc<Server>>,
     access: Option<Box<access::Entry>>,
+    /// The request is a gRPC call: sluice's own answers must be gRPC's.
+    grpc: bool,
 }
 
 impl Exchange<'_> {
@@ -110,6 +113,7 @@ impl Proxy {
             started: Instant::now(),
             route: None,
             server: None,
+            grpc: grpc::is_call(req.headers()),
             access: access.enabled.then(|| {
                 Box::new(access::Entry {
                     started: Instant::now(),
@@ -127,6 +131,7 @@ impl Proxy {
                     route: None,
                     server: None,
                     status: 0,
+                    grpc_status: None,
                     bytes_in: Arc::new(AtomicU64::new(0)),
                 })
             }),
@@ -147,6 +152,16 @@ impl Proxy {
                         client = %conn.client, listener = %conn.listener, route, server, %method,
                         status = status.as_u16(), cause = %error, "upstream failure"
                     ),
+                }
+                if x.grpc {
+                    if let Some(route) = &x.route {
+                        route.metrics.grpc.inc(error.grpc_status());
+                    }
+                    let mut entry = x.entry(StatusCode::OK);
+                    if let Some(e) = entry.as_mut() {
+                        e.grpc_status = Some(error.grpc_status());
+                    }
+                    return error.grpc_response().map(|b| b.with_access(entry));
                 }
                 let entry = x.entry(status);
                 error.response().map(|b| b.with_access(entry))
@@ -228,10 +243,24 @@ impl Proxy {
             .upstream
             .plan(req.headers(), req.uri().query(), x.conn.client.ip());
         let (mut parts, body) = req.into_parts();
+        // A gRPC call's deadline bounds the wait for the response head too.
+        let mut timeout = timeouts.upstream_response;
+        let mut trailers = false;
+        if x.grpc {
+            timeout = grpc::timeout(&parts.headers).map_or(timeout, |t| t.min(timeout));
+            trailers = headers::has_token(&parts.headers, &http::header::TE, "trailers");
+        }
         rewrite_request(&mut parts, x.conn, host, upgrade);
+        if trailers && route.upstream.speaks_h2() {
+            // TE is hop-by-hop, but `TE: trailers` is how a gRPC server knows its
+            // client (here sluice, which passes trailers on) takes trailers.
+            parts
+                .headers
+                .insert(http::header::TE, HeaderValue::from_static("trailers"));
+        }
         let counted = x.access.as_ref().map(|e| e.bytes_in.clone());
         let req = Request::from_parts(parts, RequestBody::new(body, counted));
-        let answer = match route.upstream.send(req, &plan).await {
+        let answer = match route.upstream.send(req, &plan, timeout).await {
             Ok(a) => a,
             Err(e) => {
                 if matches!(e, ProxyError::UpstreamFull) {
@@ -261,11 +290,22 @@ impl Proxy {
             .metrics
             .http_duration
             .observe(x.started.elapsed().as_secs_f64());
-        let entry = x.entry(parts.status);
-        Ok(Response::from_parts(
-            parts,
-            ProxyBody::upstream(body, Some(answer.checkin)).with_access(entry),
-        ))
+        let mut entry = x.entry(parts.status);
+        let mut body = ProxyBody::upstream(body, Some(answer.checkin));
+        if x.grpc {
+            // A trailers-only answer carries its gRPC status in the head; others in
+            // the trailers, which the body counts as they pass.
+            match grpc::status_of(&parts.headers) {
+                Some(status) => {
+                    route.metrics.grpc.inc(status);
+                    if let Some(e) = entry.as_mut() {
+                        e.grpc_status = Some(status);
+                    }
+                }
+                None => body = body.with_grpc(route.metrics.grpc.clone()),
+            }
+        }
+        Ok(Response::from_parts(parts, body.with_access(entry)))
     }
 
     /// Checks a handshake before it goes anywhere: well-formed (RFC 6455, or RFC 8441
@@ -342,7 +382,15 @@ impl Proxy {
         };
         let server = load.server().clone();
         x.server = Some(server.clone());
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // Over HTTP/1.1 the upstream accepts with a 101; over HTTP/2 (RFC 8441) with a
+        // 2xx on the stream.
+        let upstream_h2 = route.upstream.speaks_h2();
+        let accepted = if upstream_h2 {
+            resp.status().is_success()
+        } else {
+            resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        };
+        if !accepted {
             // The upstream refused: its answer goes back as an ordinary response, the
             // client's connection stays HTTP, and the upstream connection is closed
             // once the body is through.
@@ -359,7 +407,9 @@ impl Proxy {
                 ProxyBody::upstream(body, None).with_access(entry),
             ));
         }
-        if let Err(error) = handshake::check_response(resp.status(), resp.headers(), &key) {
+        if !upstream_h2
+            && let Err(error) = handshake::check_response(resp.status(), resp.headers(), &key)
+        {
             route.metrics.handshake(HandshakeOutcome::Rejected);
             return Err(error);
         }
@@ -376,6 +426,17 @@ impl Proxy {
             parts.version = Version::HTTP_2;
             StatusCode::OK
         } else {
+            if upstream_h2 {
+                // The upstream's 2xx stands for the 101 this client waits for, with
+                // the accept for the client's own key.
+                parts.status = StatusCode::SWITCHING_PROTOCOLS;
+                parts.headers.remove(http::header::CONTENT_LENGTH);
+                parts.headers.insert(
+                    http::header::SEC_WEBSOCKET_ACCEPT,
+                    HeaderValue::from_bytes(&handshake::accept_for(&key))
+                        .expect("base64 is a valid header value"),
+                );
+            }
             headers::set_websocket_upgrade(&mut parts.headers);
             parts.version = Version::HTTP_11;
             StatusCode::SWITCHING_PROTOCOLS

@@ -126,6 +126,7 @@ mod tests {
                 name: name.to_string(),
                 servers: Servers::Addresses(Vec::new()),
                 keepalive: 0,
+                protocol: Default::default(),
                 tls: None,
                 balance: Balance::RoundRobin,
                 max_connections_per_server: None,

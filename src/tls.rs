@@ -64,6 +64,14 @@ pub struct UpstreamTls {
     pub client_cert: Option<CertPaths>,
 }
 
+/// A copy of an upstream client configuration that offers only `h2` in ALPN: an
+/// HTTP/2 upstream must agree to it.
+pub fn with_h2_alpn(config: &ClientConfig) -> Arc<ClientConfig> {
+    let mut c = config.clone();
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(c)
+}
+
 /// A file that cannot serve for TLS, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsError {
@@ -312,6 +320,7 @@ impl ServerTls {
 
 /// Builds the client configuration for an upstream: its CA (or the system's trust
 /// roots), and its client certificate if it has one. Verification is always on.
+/// Offers HTTP/1.1 in ALPN; [`with_h2_alpn`] makes one for HTTP/2 upstreams.
 pub fn client_config(tls: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = match &tls.ca {
         Some(ca) => load_roots(ca)?,

@@ -8,6 +8,7 @@
 //! can own outright.
 
 mod connect;
+mod h2;
 mod maintenance;
 mod server;
 
@@ -27,7 +28,9 @@ pub use server::{LoadGuard, Server};
 
 use crate::balance::{Balancer, HashKey, Policy};
 use crate::body::RequestBody;
-use crate::config::{Balance, HealthCheck, Tcp, Timeouts, UpstreamSettings, UpstreamTls};
+use crate::config::{
+    Balance, HealthCheck, Tcp, Timeouts, UpstreamProtocol, UpstreamSettings, UpstreamTls,
+};
 use crate::error::ProxyError;
 use crate::metrics::UpstreamMetrics;
 
@@ -39,6 +42,9 @@ pub struct Upstream {
     hash_key: Option<HashKey>,
     timeouts: Timeouts,
     connector: connect::Connector,
+    protocol: UpstreamProtocol,
+    /// HTTP/2 client settings, for `protocol = "h2"`.
+    h2: hyper::client::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
     metrics: UpstreamMetrics,
     max_per_server: Option<usize>,
     max_fails: u32,
@@ -60,8 +66,16 @@ pub struct Answer {
 
 /// A pooled connection on loan to one response, returned by [`Checkin::give_back`].
 pub struct Checkin {
-    sender: SendRequest<RequestBody>,
+    pooled: Pooled,
     load: LoadGuard,
+}
+
+/// What a response holds of its connection.
+enum Pooled {
+    /// An HTTP/1.1 connection, all its own until the body is through.
+    Http1(SendRequest<RequestBody>),
+    /// A stream's place on a shared HTTP/2 connection.
+    H2(h2::Slot),
 }
 
 impl crate::body::GiveBack for Checkin {
@@ -78,7 +92,11 @@ impl Checkin {
 
     /// Puts the connection back in the pool, if it is still open.
     pub fn give_back(self) {
-        self.load.server().put_idle(self.sender);
+        match self.pooled {
+            Pooled::Http1(sender) => self.load.server().put_idle(sender),
+            // The connection stays in its server's pool; the stream frees its slot.
+            Pooled::H2(slot) => drop(slot),
+        }
     }
 }
 
@@ -108,7 +126,14 @@ impl Upstream {
             balancer: Balancer::new(policy, &identities),
             servers: servers.into_boxed_slice(),
             hash_key,
-            connector: connect::Connector::new(timeouts.connect, tcp, settings.tls.as_ref())?,
+            connector: connect::Connector::new(
+                timeouts.connect,
+                tcp,
+                settings.tls.as_ref(),
+                settings.protocol == UpstreamProtocol::H2,
+            )?,
+            protocol: settings.protocol,
+            h2: h2::builder(),
             timeouts,
             metrics,
             max_per_server: settings.max_connections_per_server,
@@ -119,6 +144,11 @@ impl Upstream {
             tls: settings.tls.clone(),
             maintenance: CancellationToken::new(),
         })
+    }
+
+    /// Whether the servers are spoken to in HTTP/2.
+    pub fn speaks_h2(&self) -> bool {
+        self.protocol == UpstreamProtocol::H2
     }
 
     /// How this upstream's connections use TLS, if they do.
@@ -207,11 +237,18 @@ impl Upstream {
     ///
     /// A server that cannot be connected is skipped for the next; a request is sent
     /// again only when it provably never left (the pooled connection closed first).
+    ///
+    /// `timeout` bounds the wait for the response head (`upstream_response`, or a
+    /// gRPC deadline that comes sooner).
     pub async fn send(
         &self,
         mut req: Request<RequestBody>,
         plan: &[usize],
+        timeout: Duration,
     ) -> Result<Answer, ProxyError> {
+        if self.protocol == UpstreamProtocol::H2 {
+            return self.send_h2(req, plan, timeout).await;
+        }
         let mut last = None;
         let mut full = 0;
         for &i in plan {
@@ -240,17 +277,17 @@ impl Upstream {
                     last = Some(std::io::Error::other("connection closed at once"));
                     break;
                 }
-                let sent = tokio::time::timeout(
-                    self.timeouts.upstream_response,
-                    sender.try_send_request(req),
-                )
-                .await
-                .map_err(|_| ProxyError::ResponseTimeout(self.timeouts.upstream_response))?;
+                let sent = tokio::time::timeout(timeout, sender.try_send_request(req))
+                    .await
+                    .map_err(|_| ProxyError::ResponseTimeout(timeout))?;
                 match sent {
                     Ok(response) => {
                         return Ok(Answer {
                             response,
-                            checkin: Checkin { sender, load },
+                            checkin: Checkin {
+                                pooled: Pooled::Http1(sender),
+                                load,
+                            },
                         });
                     }
                     Err(mut e) => match e.take_message() {
@@ -280,14 +317,17 @@ impl Upstream {
         Ok(sender)
     }
 
-    /// Sends a WebSocket handshake on a new connection of its own, and waits for the
-    /// response head. The caller checks the response and takes the upgrade; the guard
+    /// Sends a WebSocket handshake on a new connection of its own (over HTTP/2, as an
+    /// extended CONNECT on a shared one), and waits for the response head. The caller checks the response and takes the upgrade; the guard
     /// counts the connection against the server until the tunnel ends.
     pub async fn send_upgrade(
         &self,
         mut req: Request<RequestBody>,
         plan: &[usize],
     ) -> Result<(Response<Incoming>, LoadGuard), ProxyError> {
+        if self.protocol == UpstreamProtocol::H2 {
+            return self.send_connect_h2(req, plan).await;
+        }
         let (load, stream) = self.connect(plan).await?;
         let server = load.server().clone();
         default_host(&server, &mut req);

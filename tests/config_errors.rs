@@ -253,3 +253,32 @@ fn http2_is_on_for_tls_listeners_and_opt_in_for_plain_ones() {
     assert!(!by_name("plain"));
     assert!(by_name("h2c"));
 }
+
+#[test]
+fn an_upstream_protocol_must_be_known_and_builtins_speak_http1() {
+    let toml = r#"
+[[listeners]]
+listen = "127.0.0.1:0"
+[[routes]]
+path = "/"
+upstream = "a"
+[[routes]]
+path = "/e"
+upstream = "e"
+[upstreams.a]
+servers = ["127.0.0.1:9001"]
+protocol = "h3"
+[upstreams.e]
+builtin = "echo"
+protocol = "h2"
+"#;
+    let msg = problems(toml);
+    assert!(
+        msg.contains("bad.toml:12:12: protocol = \"h3\" is not known: use \"http1\" or \"h2\""),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("bad.toml:15:12: upstream \"e\" is builtin, which speaks HTTP/1.1 only"),
+        "{msg}"
+    );
+}

@@ -215,6 +215,8 @@ pub struct UpstreamSettings {
     pub servers: Servers,
     /// Idle keep-alive connections kept per server for ordinary HTTP requests.
     pub keepalive: usize,
+    /// The HTTP version spoken to the servers.
+    pub protocol: UpstreamProtocol,
     pub tls: Option<UpstreamTls>,
     pub balance: Balance,
     /// Connections at once to one server, tunnels included.
@@ -226,6 +228,17 @@ pub struct UpstreamSettings {
     pub health_check: Option<HealthCheck>,
     /// How often servers given by host name are resolved again.
     pub resolve_interval: Duration,
+}
+
+/// The HTTP version an upstream's servers are spoken to in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1: a pool of keep-alive connections per server.
+    #[default]
+    Http1,
+    /// HTTP/2: a few multiplexed connections per server; ALPN `h2` with TLS, prior
+    /// knowledge without.
+    H2,
 }
 
 /// How an upstream chooses a server.

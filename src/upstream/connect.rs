@@ -10,7 +10,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::{Tcp, UpstreamTls};
 use crate::net::{Stream, set_tcp_options};
-use crate::tls::{TlsError, client_config};
+use crate::tls::{TlsError, client_config, with_h2_alpn};
 
 /// How an upstream's servers are connected to.
 pub struct Connector {
@@ -19,13 +19,18 @@ pub struct Connector {
     tls: Option<TlsConnector>,
     /// The SNI name for every server, when the configuration sets one.
     sni: Option<ServerName<'static>>,
+    /// Whether TLS must negotiate `h2`.
+    h2: bool,
 }
 
 impl Connector {
+    /// `h2` asks for HTTP/2 in ALPN, and [`Connector::connect`] then fails a server
+    /// that does not agree to it.
     pub fn new(
         timeout: Duration,
         tcp: Tcp,
         tls: Option<&UpstreamTls>,
+        h2: bool,
     ) -> Result<Connector, TlsError> {
         let (connector, sni) = match tls {
             Some(t) => {
@@ -33,7 +38,11 @@ impl Connector {
                     .sni
                     .as_deref()
                     .and_then(|s| ServerName::try_from(s.to_owned()).ok());
-                (Some(TlsConnector::from(client_config(t)?)), sni)
+                let mut config = client_config(t)?;
+                if h2 {
+                    config = with_h2_alpn(&config);
+                }
+                (Some(TlsConnector::from(config)), sni)
             }
             None => (None, None),
         };
@@ -42,6 +51,7 @@ impl Connector {
             tcp,
             tls: connector,
             sni,
+            h2,
         })
     }
 
@@ -76,6 +86,12 @@ impl Connector {
             .await
             .map_err(|_| timed_out())?
             .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))?;
+        if self.h2 && stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the server did not agree to HTTP/2 (ALPN h2)",
+            ));
+        }
         Ok(Stream::Tls(Box::new(stream)))
     }
 }

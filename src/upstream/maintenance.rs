@@ -90,7 +90,7 @@ async fn run_checks(weak: &Weak<Upstream>, check: &HealthCheck) -> bool {
 }
 
 /// One check: connect (with TLS when the upstream uses it), and with a path, GET it
-/// and expect a 2xx or 3xx.
+/// (in the upstream's HTTP version) and expect a 2xx or 3xx.
 async fn probe(up: &Upstream, server: &Server, path: Option<&str>) -> Result<(), String> {
     let addr = server.addrs().next().ok_or("no address")?;
     let stream = up
@@ -99,18 +99,43 @@ async fn probe(up: &Upstream, server: &Server, path: Option<&str>) -> Result<(),
         .await
         .map_err(|e| e.to_string())?;
     let Some(path) = path else { return Ok(()) };
-    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let req = Request::get(path)
-        .header(header::HOST, server.host.clone())
+    let status = if up.speaks_h2() {
+        let (mut sender, conn) = up
+            .h2
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let scheme = if up.tls.is_some() { "https" } else { "http" };
+        let req = Request::get(format!(
+            "{scheme}://{}{path}",
+            server.host.to_str().unwrap_or("localhost")
+        ))
         .header(header::USER_AGENT, "sluice-health-check")
-        .header(header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?
+            .status()
+    } else {
+        let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header(header::HOST, server.host.clone())
+            .header(header::USER_AGENT, "sluice-health-check")
+            .header(header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?
+            .status()
+    };
     if status.is_success() || status.is_redirection() {
         Ok(())
     } else {

@@ -46,6 +46,8 @@ pub struct Server {
     /// The Host header for requests that came without one (HTTP/1.0).
     pub(super) host: HeaderValue,
     idle: Mutex<VecDeque<Idle>>,
+    /// Open HTTP/2 connections, for upstreams that speak it.
+    pub(super) h2: super::h2::Pool,
     keepalive: AtomicUsize,
     /// Open connections: requests in flight and tunnels.
     load: AtomicU64,
@@ -89,6 +91,7 @@ impl Server {
             host: HeaderValue::from_str(&spec.name)
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
             idle: Mutex::new(VecDeque::new()),
+            h2: super::h2::Pool::default(),
             keepalive: AtomicUsize::new(keepalive),
             load: AtomicU64::new(0),
             health: Health::default(),
@@ -141,7 +144,7 @@ impl Server {
             self.load.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        Some(LoadGuard(self.clone()))
+        Some(LoadGuard(self.clone(), None))
     }
 
     // ---- health ----
@@ -261,15 +264,23 @@ impl Server {
     /// Drops every pooled connection (their settings changed).
     pub fn clear_pool(&self) {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.h2.clear();
     }
 }
 
-/// One open connection counted against a server's load; released on drop.
-pub struct LoadGuard(Arc<Server>);
+/// One open connection counted against a server's load; released on drop. A tunnel
+/// over a shared HTTP/2 connection also holds its stream's place there.
+pub struct LoadGuard(Arc<Server>, Option<super::h2::Slot>);
 
 impl LoadGuard {
     pub fn server(&self) -> &Arc<Server> {
         &self.0
+    }
+
+    /// Holds `slot` for as long as this guard.
+    pub(super) fn with_slot(mut self, slot: super::h2::Slot) -> LoadGuard {
+        self.1 = Some(slot);
+        self
     }
 }
 

@@ -19,13 +19,36 @@ impl Validator<'_> {
             let span = name.span();
             let name = name.get_ref().clone();
             let u = u.get_ref();
-            let servers = self.servers(&name, span, u);
+            let servers = self.servers(&name, span.clone(), u);
             let builtin = matches!(servers, Some(Servers::Builtin(_)));
             let keepalive = u
                 .keepalive
                 .as_ref()
                 .and_then(|k| self.int_in(k, "keepalive", 0, 100_000))
                 .unwrap_or(32);
+            let protocol = match u
+                .protocol
+                .as_ref()
+                .map(|p| (p.get_ref().as_str(), p.span()))
+            {
+                None | Some(("http1", _)) => UpstreamProtocol::Http1,
+                Some(("h2", _)) if builtin => {
+                    let span = u.protocol.as_ref().map_or(span.clone(), |p| p.span());
+                    self.error(
+                        span,
+                        format!("upstream \"{name}\" is builtin, which speaks HTTP/1.1 only"),
+                    );
+                    UpstreamProtocol::Http1
+                }
+                Some(("h2", _)) => UpstreamProtocol::H2,
+                Some((other, span)) => {
+                    self.error(
+                        span,
+                        format!("protocol = \"{other}\" is not known: use \"http1\" or \"h2\""),
+                    );
+                    UpstreamProtocol::Http1
+                }
+            };
             let tls = self.upstream_tls(&name, u, builtin);
             let balance = self.balance(&name, u);
             let max_connections_per_server = u
@@ -58,6 +81,7 @@ impl Validator<'_> {
                     name,
                     servers,
                     keepalive,
+                    protocol,
                     tls,
                     balance,
                     max_connections_per_server,
