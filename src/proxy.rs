@@ -25,7 +25,9 @@ use crate::handshake::{self, Upgrade};
 use crate::headers;
 use crate::limits::ClientLimits;
 use crate::metrics::HandshakeOutcome;
-use crate::request::{has_dot_segments, redirect_to_https, request_host, rewrite_request};
+use crate::request::{
+    has_dot_segments, head_size, redirect_to_https, request_host, rewrite_request,
+};
 use crate::route::{Route, RouteTable, offers_subprotocol};
 use crate::shutdown::Shutdown;
 use crate::tunnel;
@@ -42,6 +44,8 @@ pub struct State {
     pub timeouts: Timeouts,
     pub access: AccessLog,
     pub max_tunnel_lifetime: Option<Duration>,
+    /// `max_request_header_bytes`.
+    pub max_head: usize,
 }
 
 /// Access log settings.
@@ -175,6 +179,12 @@ impl Proxy {
         x: &mut Exchange<'_>,
     ) -> Result<Response<ClientBody>, ProxyError> {
         // ---- check ----
+        // HTTP/2 holds its header list to the limit itself (SETTINGS_MAX_HEADER_LIST_SIZE);
+        // over HTTP/1.1 hyper reads a head up to twice the limit, and this answers.
+        let max_head = self.state.load().max_head;
+        if req.version() != Version::HTTP_2 && head_size(&req) > max_head {
+            return Err(ProxyError::HeadTooLarge(max_head));
+        }
         let upgrade = handshake::classify_request(&req);
         if req.method() == Method::CONNECT && upgrade != Upgrade::WebSocketH2 {
             return Err(ProxyError::MethodNotAllowed(
