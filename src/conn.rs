@@ -58,10 +58,13 @@ impl ListenerCtx {
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(timeouts.request_header)
-            // hyper answers 431 itself when a head passes this.
-            .max_header_size(limits.max_request_header_bytes)
+            // A head over the limit is answered by the request service, as every
+            // other error (plain-text body, access line): hyper reads heads up to
+            // twice the limit so that the service sees them. Past that hyper answers
+            // a bare 431 itself: the bound on what one connection's head can cost.
+            .max_header_size(hyper_head_limit(limits))
             // hyper's floor is 8 KiB; the read buffer must hold a whole head.
-            .max_buf_size(limits.max_request_header_bytes.max(8192) + 1024)
+            .max_buf_size(hyper_head_limit(limits).max(8192) + 1024)
             // A client may end its side after the request and still read the answer.
             .half_close(true);
         Ok(ListenerCtx {
@@ -81,6 +84,11 @@ impl ListenerCtx {
             h2: settings.http2.then(|| http2::builder(http2, limits)),
         })
     }
+}
+
+/// The largest head hyper reads before answering 431 itself.
+fn hyper_head_limit(limits: &Limits) -> usize {
+    limits.max_request_header_bytes * 2
 }
 
 impl fmt::Display for ListenerCtx {

@@ -19,6 +19,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
+    #[error("the request head is larger than {0} bytes")]
+    HeadTooLarge(usize),
     #[error("malformed WebSocket handshake: {0}")]
     BadHandshake(&'static str),
     #[error("unsupported WebSocket version (only 13 is)")]
@@ -63,6 +65,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) | ProxyError::BadHandshake(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::OriginNotAllowed => StatusCode::FORBIDDEN,
@@ -82,6 +85,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute
             | ProxyError::BadRequest(_)
+            | ProxyError::HeadTooLarge(_)
             | ProxyError::BadHandshake(_)
             | ProxyError::UnsupportedVersion
             | ProxyError::MethodNotAllowed(_)
@@ -99,17 +103,17 @@ impl ProxyError {
 
     /// The gRPC status a gRPC client is answered with, after the HTTP to gRPC
     /// mapping gRPC itself uses for HTTP statuses (a 404 is UNIMPLEMENTED, a 429
-    /// RESOURCE_EXHAUSTED, a 502 or 503 UNAVAILABLE), where the error says more.
+    /// RESOURCE_EXHAUSTED, a 502 UNAVAILABLE), where the error says more.
     pub fn grpc_status(&self) -> u16 {
         // Exhaustive on purpose, like `status`.
         match self {
             ProxyError::NoRoute | ProxyError::MethodNotAllowed(_) => code::UNIMPLEMENTED,
-            ProxyError::BadRequest(_) => code::INTERNAL,
+            ProxyError::BadRequest(_) | ProxyError::HeadTooLarge(_) => code::INTERNAL,
             ProxyError::BadHandshake(_) | ProxyError::UnsupportedVersion => code::INVALID_ARGUMENT,
             ProxyError::OriginNotAllowed => code::PERMISSION_DENIED,
-            ProxyError::RateLimited => code::RESOURCE_EXHAUSTED,
-            ProxyError::UpstreamFull
-            | ProxyError::Connect(_)
+            // Limits of sluice's own configuration, not the upstream's failures.
+            ProxyError::RateLimited | ProxyError::UpstreamFull => code::RESOURCE_EXHAUSTED,
+            ProxyError::Connect(_)
             | ProxyError::Upstream(_)
             | ProxyError::BadUpgradeResponse(_)
             | ProxyError::UnexpectedUpgrade
@@ -191,6 +195,7 @@ mod tests {
         let cases = [
             (ProxyError::NoRoute, 404, Origin::Client),
             (ProxyError::BadRequest("x"), 400, Origin::Client),
+            (ProxyError::HeadTooLarge(10), 431, Origin::Client),
             (ProxyError::BadHandshake("x"), 400, Origin::Client),
             (ProxyError::UnsupportedVersion, 426, Origin::Client),
             (ProxyError::MethodNotAllowed("x"), 405, Origin::Client),
@@ -227,7 +232,11 @@ mod tests {
         let timeout = ProxyError::ResponseTimeout(Duration::from_secs(1));
         assert_eq!(timeout.grpc_status(), 4);
         assert_eq!(ProxyError::RateLimited.grpc_status(), 8);
-        assert_eq!(ProxyError::UpstreamFull.grpc_status(), 14);
+        assert_eq!(ProxyError::UpstreamFull.grpc_status(), 8);
+        assert_eq!(
+            ProxyError::Connect(std::io::ErrorKind::ConnectionRefused.into()).grpc_status(),
+            14
+        );
     }
 
     #[test]

@@ -524,5 +524,6 @@ async fn build_state(
             query: settings.log.access_query,
         },
         max_tunnel_lifetime: settings.limits.max_tunnel_lifetime,
+        max_head: settings.limits.max_request_header_bytes,
     })
 }

@@ -8,25 +8,28 @@
 //! # Layout
 //! - [`config`]: the TOML file structs, loading, and validation into typed settings.
 //! - [`gateway`]: starts everything one configuration runs; the library's entry point.
-//! - [`grpc`]: gRPC calls as a proxy sees them: deadlines, and the statuses sluice answers.
 //! - [`server`]: listeners: bind, connection limit, accept with back-off.
-//! - [`conn`]: one client connection served as HTTP/1.1 with upgrades.
-//! - [`client`]: a client connection's identity and its place under the limits.
+//! - [`conn`]: one client connection: TLS, the HTTP version (ALPN or the HTTP/2
+//!   preface), then HTTP/1.1 with upgrades or HTTP/2 with its own timeouts.
 //! - [`proxy`]: the request service: check, route, rewrite, forward, respond, log.
 //! - [`request`]: request checks and rewriting: host, dot segments, HTTPS redirect, head.
-//! - [`access`]: the access log, one line per request and per tunnel.
 //! - [`route`]: the immutable routing table (host, then longest path prefix).
-//! - [`upstream`]: servers (addresses, load, health), connect with fail-over, pools.
+//! - [`upstream`]: servers (addresses, load, health), connect with fail-over, pools of
+//!   HTTP/1.1 connections and multiplexed HTTP/2 ones.
 //! - [`balance`]: the balancing policies: weighted round robin, least connections,
 //!   power of two choices, consistent hashing.
 //! - [`limits`]: connection limits (process, listener, client) and the handshake rate.
 //! - [`ratelimit`]: per-client connection counts and token buckets.
 //! - [`origin`]: Origin allow-lists for WebSocket handshakes.
 //! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`.
-//! - [`handshake`]: the WebSocket handshake: recognise, check, and check the 101.
-//! - [`tls`]: rustls configurations: certificate loading, SNI choice, live swap, upstream TLS.
+//! - [`grpc`]: gRPC calls as a proxy sees them: deadlines, and the statuses sluice answers.
+//! - [`handshake`]: the WebSocket handshake over HTTP/1.1 and HTTP/2 (RFC 8441):
+//!   recognise, check, and check the 101.
 //! - [`tunnel`]: the two-way splice with bounded buffers, half-close and idle timeout.
-//! - [`body`]: the response body type: sluice's own messages or a streamed upstream body.
+//! - [`tls`]: rustls configurations: certificate loading, SNI choice, live swap, upstream TLS.
+//! - [`client`]: a client connection's identity and its place under the limits.
+//! - [`access`]: the access log, one line per request and per tunnel.
+//! - [`body`]: the request and response bodies on their way through.
 //! - [`error`]: the one proxy error type and its status mapping.
 //! - [`metrics`]: the Prometheus registry and typed handles.
 //! - [`net`]: TCP options both legs get, and the upstream stream (plain or TLS).

@@ -32,6 +32,7 @@ pub struct Metrics {
     connections_total: IntCounterVec,
     connections_refused: IntCounterVec,
     connections_negotiated: IntCounterVec,
+    accept_exhausted: IntCounterVec,
     tls_handshakes: IntCounterVec,
     tunnels_active: IntGaugeVec,
     handshakes: IntCounterVec,
@@ -108,6 +109,12 @@ impl Metrics {
                 "sluice_connections_negotiated_total",
                 "Client connections by the HTTP version they speak (http1, h2).",
                 &["listener", "protocol"],
+            ),
+            accept_exhausted: family!(
+                IntCounterVec,
+                "sluice_accept_exhausted_total",
+                "Accepts that failed for want of file descriptors or memory (the listener backs off; connections wait in its queue).",
+                &["listener"],
             ),
             tls_handshakes: family!(
                 IntCounterVec,
@@ -249,6 +256,7 @@ impl Metrics {
                 .connections_negotiated
                 .with_label_values(&[name, "http1"]),
             h2: self.connections_negotiated.with_label_values(&[name, "h2"]),
+            accept_exhausted: self.accept_exhausted.with_label_values(&[name]),
         }
     }
 
@@ -346,6 +354,8 @@ pub struct ListenerMetrics {
     /// Connections served as HTTP/1.1, and as HTTP/2.
     pub http1: IntCounter,
     pub h2: IntCounter,
+    /// Accepts that failed for want of file descriptors or memory.
+    pub accept_exhausted: IntCounter,
 }
 
 impl ListenerMetrics {

@@ -39,6 +39,15 @@ pub fn set_tcp_options(socket: impl std::os::fd::AsFd, tcp: &Tcp) -> io::Result<
     Ok(())
 }
 
+/// Whether an error says the process is out of descriptors or memory: a local
+/// condition, to back off from, not a fault of the peer.
+pub fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// A connection to an upstream server.
 pub enum Stream {
     Plain(TcpStream),

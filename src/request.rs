@@ -113,6 +113,20 @@ pub fn rewrite_request(
     parts.extensions = http::Extensions::new();
 }
 
+/// The size of a request head as HTTP/1.1 writes it: the request line and each header
+/// line with their line ends. What `max_request_header_bytes` limits.
+pub fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + " HTTP/1.1\r\n ".len();
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    line + headers + 2
+}
+
 /// Whether a path has `.` or `..` segments, plain or percent-encoded. Routing matches
 /// prefixes, so `/public/../admin` must not be routed as `/public`; browsers never send
 /// such paths, so they are refused rather than rewritten.
@@ -145,6 +159,17 @@ pub fn has_dot_segments(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_size_counts_the_request_line_and_header_lines() {
+        let req = Request::get("/abc")
+            .header("host", "t")
+            .header("x-a", "12345")
+            .body(())
+            .unwrap();
+        // "GET /abc HTTP/1.1\r\n" + "host: t\r\n" + "x-a: 12345\r\n" + "\r\n"
+        assert_eq!(head_size(&req), 19 + 9 + 12 + 2);
+    }
 
     #[test]
     fn dot_segments_are_found_plain_and_encoded() {

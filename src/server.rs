@@ -15,7 +15,7 @@ use crate::client::ConnGuard;
 use crate::config::Tcp;
 use crate::conn::{self, ListenerCtx};
 use crate::limits::{ClientLimits, Refusal};
-use crate::net::set_tcp_options;
+use crate::net::{is_resource_exhaustion, set_tcp_options};
 use crate::proxy::Proxy;
 use crate::shutdown::Shutdown;
 
@@ -75,7 +75,9 @@ impl Listener {
                     // Out of file descriptors or memory: accepting again at once would
                     // spin. Back off (up to a second) so closing connections free some.
                     backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
-                    let name = self.ctx.load().name.clone();
+                    let ctx = self.ctx.load();
+                    ctx.metrics.accept_exhausted.inc();
+                    let name = ctx.name.clone();
                     warn_limited(
                         &ACCEPT_WARNED,
                         || tracing::warn!(listener = %name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off"),
@@ -136,13 +138,6 @@ fn refuse(ctx: &ListenerCtx, stream: TcpStream, client: SocketAddr, refusal: Ref
     };
     // Best effort and never blocking: the socket's send buffer is empty.
     let _ = stream.try_write(answer);
-}
-
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }
 
 static ACCEPT_WARNED: AtomicU64 = AtomicU64::new(0);

@@ -198,7 +198,13 @@ impl Upstream {
                 Err(e) => last = Some(e),
             }
         }
-        server.connect_failed(self.max_fails, self.fail_timeout);
+        // Out of descriptors or memory here is no fault of the server's.
+        if !last
+            .as_ref()
+            .is_some_and(crate::net::is_resource_exhaustion)
+        {
+            server.connect_failed(self.max_fails, self.fail_timeout);
+        }
         Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address")))
     }
 

@@ -252,6 +252,21 @@ async fn oversized_request_heads_get_431() {
     let req = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n");
     let resp = raw_exchange(gw.addr, req.as_bytes()).await;
     assert_eq!(status_of(&resp), 431, "{resp}");
+    // Answered like every other error: a plain-text body that says why.
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("content-type: text/plain; charset=utf-8"),
+        "{resp}"
+    );
+    assert!(
+        resp.ends_with("the request head is larger than 2048 bytes\n"),
+        "{resp}"
+    );
+    // Far past the limit hyper stops reading and answers 431 itself.
+    let huge = "x".repeat(10_000);
+    let req = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {huge}\r\n\r\n");
+    let resp = raw_exchange(gw.addr, req.as_bytes()).await;
+    assert_eq!(status_of(&resp), 431, "{resp}");
     // Just under the limit passes.
     let ok = "x".repeat(1500);
     let req = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Ok: {ok}\r\n\r\n");

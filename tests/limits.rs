@@ -226,3 +226,73 @@ async fn a_refused_connection_writes_nothing_on_a_tls_port() {
     let _ = s.write_all(b"\x16\x03\x01").await;
     assert!(read_to_eof(&mut s).await.is_empty());
 }
+
+/// Out of file descriptors, a listener backs off from accepting (and counts it)
+/// rather than spinning, the tunnels already open carry on, and the connections
+/// waiting in the listen queue are served once descriptors are free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_listener_backs_off_and_tunnels_go_on() {
+    let backend = ws_echo_backend().await;
+    let toml = config(
+        &[backend.addr],
+        "[timeouts]\nrequest_header = \"60s\"\n[log]\naccess = false\n",
+    );
+    // The hard limit is what sluice raises its soft limit to.
+    let sluice = support::process::Sluice::start_under(&toml, &["prlimit", "--nofile=40:40", "--"]);
+    // One admin connection, opened now and kept: a new one could not be accepted later.
+    let mut admin = HttpClient::connect(sluice.admin).await;
+    let url = format!("ws://{}/", sluice.http);
+    let mut open = Vec::new();
+    let mut idle = Vec::new();
+    let waiting = loop {
+        assert!(open.len() < 40, "sluice never ran out of descriptors");
+        let mut pending = tokio::spawn(tokio_tungstenite::connect_async(url.clone()));
+        // Either the handshake completes soon, or sluice has stopped accepting: a
+        // handshake left unanswered for a second is asked about in the metrics.
+        match tokio::time::timeout(Duration::from_secs(1), &mut pending).await {
+            Ok(r) => match r.unwrap() {
+                Ok((ws, _)) => open.push(ws),
+                // A descriptor for the client but none for the upstream: a 502. Hold
+                // the last one with a connection that says nothing, so the next
+                // accept is the one that fails.
+                Err(_) => idle.push(TcpStream::connect(sluice.http).await.unwrap()),
+            },
+            Err(_) => {
+                let (_, _, body) = admin.get("/metrics").await;
+                let text = String::from_utf8_lossy(&body).into_owned();
+                let failed = metric(&text, "sluice_accept_exhausted_total{listener=\"http\"}");
+                assert!(
+                    failed > 0.0,
+                    "a handshake went unanswered, but no accept failed"
+                );
+                break pending;
+            }
+        }
+    };
+    assert!(!open.is_empty());
+    // The tunnels already open carry on.
+    for ws in &mut open {
+        echo_once(ws, Message::text("still here")).await;
+    }
+    // Freeing descriptors lets the waiting connection in, within the back-off.
+    for mut ws in open.drain(..3) {
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = within("close", ws.next()).await {}
+    }
+    drop(idle);
+    let mut late = within("a queued connection is served", waiting)
+        .await
+        .unwrap()
+        .expect("the handshake completes")
+        .0;
+    echo_once(&mut late, Message::text("in at last")).await;
+    // Running out of descriptors is sluice's own condition, not the server's fault:
+    // the upstream server was not ejected for the connects it failed.
+    let (_, _, body) = admin.get("/metrics").await;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let up = format!(
+        "sluice_upstream_server_up{{server=\"{}\",upstream=\"backend\"}}",
+        backend.addr
+    );
+    assert_eq!(metric(&text, &up), 1.0, "{text}");
+}

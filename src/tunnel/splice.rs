@@ -216,22 +216,24 @@ impl Pump {
         if self.done {
             return Poll::Ready(Ok(()));
         }
-        while !self.early.is_empty() {
-            ready!(dst.poll_write_ready(cx)).map_err(|_| Side::Writer)?;
-            match dst.try_write(&self.early) {
-                Ok(n) => {
-                    let _ = self.early.split_to(n);
-                    if self.early.is_empty() {
-                        // Let go of the buffer it was a view of.
-                        self.early = Bytes::new();
-                    }
-                    *moved = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Poll::Ready(Err(Side::Writer)),
-            }
-        }
         loop {
+            // Bytes read before the splice began, or copied while no pipe could be
+            // had, go first.
+            while !self.early.is_empty() {
+                ready!(dst.poll_write_ready(cx)).map_err(|_| Side::Writer)?;
+                match dst.try_write(&self.early) {
+                    Ok(n) => {
+                        let _ = self.early.split_to(n);
+                        if self.early.is_empty() {
+                            // Let go of the buffer it was a view of.
+                            self.early = Bytes::new();
+                        }
+                        *moved = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Poll::Ready(Err(Side::Writer)),
+                }
+            }
             // Drain the pipe before reading more: at most one pipe's worth is ever
             // held, so a slow reader slows its writer.
             while self.in_pipe > 0 {
@@ -270,7 +272,13 @@ impl Pump {
             }
 
             ready!(src.poll_read_ready(cx)).map_err(|_| Side::Reader)?;
-            let pipe = Pipe::borrow().map_err(|_| Side::Reader)?;
+            let Ok(pipe) = Pipe::borrow() else {
+                // No descriptor to spare for a pipe (the process is at its open-file
+                // limit): this step copies through memory instead, so that the
+                // tunnels already open keep moving until descriptors are free again.
+                self.copy_step(src, dst, counter, moved)?;
+                continue;
+            };
             let mut n = 0;
             let got = src.try_io(Interest::READABLE, || {
                 n = splice(src.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)?;
@@ -296,6 +304,40 @@ impl Pump {
                 }
             }
         }
+    }
+}
+
+impl Pump {
+    /// Reads once from `src` into memory and writes what `dst` takes; the rest waits
+    /// in `early`. Used only when no pipe can be had.
+    fn copy_step(
+        &mut self,
+        src: &TcpStream,
+        dst: &TcpStream,
+        counter: &IntCounter,
+        moved: &mut bool,
+    ) -> Result<(), Side> {
+        let mut buf = [0u8; 16 * 1024];
+        match src.try_read(&mut buf) {
+            Ok(0) => self.eof = true,
+            Ok(n) => {
+                self.total += n as u64;
+                counter.inc_by(n as u64);
+                *moved = true;
+                let sent = match dst.try_write(&buf[..n]) {
+                    Ok(w) => w,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(_) => return Err(Side::Writer),
+                };
+                if sent < n {
+                    self.early = Bytes::copy_from_slice(&buf[sent..n]);
+                }
+            }
+            // Readiness is cleared; the next poll_read_ready waits.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Err(Side::Reader),
+        }
+        Ok(())
     }
 }
 

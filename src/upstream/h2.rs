@@ -58,7 +58,9 @@ type Connection = http2::Connection<TokioIo<crate::net::Stream>, RequestBody, To
 /// reads them in a task of its own that does not wake this one, so they are read
 /// under the lock when needed rather than copied out when it runs.
 struct Shared {
-    conn: Mutex<Pin<Box<Connection>>>,
+    /// `None` once the connection has ended: dropping it is what tells its senders
+    /// (and so the pool) that it is closed.
+    conn: Mutex<Option<Pin<Box<Connection>>>>,
     /// SETTINGS_MAX_CONCURRENT_STREAMS as last seen by the driving task.
     max_streams: AtomicUsize,
 }
@@ -76,8 +78,7 @@ impl Conn {
     fn extended_connect(&self) -> bool {
         let conn = self.shared.conn.lock().unwrap_or_else(|p| p.into_inner());
         conn.as_ref()
-            .get_ref()
-            .is_extended_connect_protocol_enabled()
+            .is_some_and(|c| c.as_ref().get_ref().is_extended_connect_protocol_enabled())
     }
 }
 
@@ -109,10 +110,17 @@ impl Future for Driven {
     type Output = Result<(), hyper::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut conn = self.0.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.0.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(conn) = slot.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
         let out = conn.as_mut().poll(cx);
-        let max = conn.as_ref().get_ref().current_max_send_streams();
-        self.0.max_streams.store(max, Ordering::Relaxed);
+        if out.is_ready() {
+            *slot = None;
+        } else {
+            let max = conn.as_ref().get_ref().current_max_send_streams();
+            self.0.max_streams.store(max, Ordering::Relaxed);
+        }
         out
     }
 }
@@ -316,7 +324,7 @@ impl Upstream {
             .await
             .map_err(std::io::Error::other)?;
         let shared = Arc::new(Shared {
-            conn: Mutex::new(Box::pin(conn)),
+            conn: Mutex::new(Some(Box::pin(conn))),
             // Until the server's SETTINGS say otherwise: h2 holds back streams past
             // the server's limit until others end.
             max_streams: AtomicUsize::new(STREAMS_PER_CONNECTION),

@@ -2,6 +2,7 @@
 //! (WebSocket echo, HTTP, scripted raw TCP), and raw clients.
 #![allow(dead_code)]
 
+pub mod grpc;
 pub mod h2;
 pub mod pki;
 pub mod process;
@@ -83,7 +84,6 @@ listen = "127.0.0.1:0"
 name = "http"
 listen = "127.0.0.1:0"
 {listener}
-
 [[routes]]
 path = "/"
 upstream = "backend"

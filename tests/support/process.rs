@@ -22,10 +22,24 @@ pub struct Sluice {
 impl Sluice {
     /// Starts the binary and waits until it logs its listeners' addresses.
     pub fn start(toml: &str) -> Sluice {
+        Sluice::start_under(toml, &[])
+    }
+
+    /// Starts sluice as [`Sluice::start`] does, as the last argument of `wrapper`
+    /// (a command such as `prlimit --nofile=64:64 --`).
+    pub fn start_under(toml: &str, wrapper: &[&str]) -> Sluice {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, toml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_sluice"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_sluice")),
+        };
+        let mut child = command
             .args(["-c", path.to_str().unwrap()])
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
