@@ -4,6 +4,7 @@
 
 pub mod grpc;
 pub mod h2;
+pub mod netns;
 pub mod pki;
 pub mod process;
 
