@@ -168,12 +168,17 @@ pub fn check_response(
             "Connection does not hold upgrade",
         ));
     }
-    let accept =
-        headers
-            .get(header::SEC_WEBSOCKET_ACCEPT)
-            .ok_or(ProxyError::BadUpgradeResponse(
-                "Sec-WebSocket-Accept is missing",
-            ))?;
+    let mut accepts = headers.get_all(header::SEC_WEBSOCKET_ACCEPT).iter();
+    let accept = accepts.next().ok_or(ProxyError::BadUpgradeResponse(
+        "Sec-WebSocket-Accept is missing",
+    ))?;
+    // It must not appear more than once (RFC 6455 §11.3.3); a client given two would
+    // refuse the 101 sluice passes on, after the tunnel was opened (found by fuzzing).
+    if accepts.next().is_some() {
+        return Err(ProxyError::BadUpgradeResponse(
+            "Sec-WebSocket-Accept appears more than once",
+        ));
+    }
     if accept.as_bytes() != accept_for(key) {
         return Err(ProxyError::BadUpgradeResponse(
             "Sec-WebSocket-Accept does not match the key",
@@ -361,5 +366,15 @@ mod tests {
         let mut no_conn = ok.clone();
         no_conn.remove(header::CONNECTION);
         assert!(check_response(s, &no_conn, KEY.as_bytes()).is_err());
+        // Found by fuzz/fuzz_targets/upgrade_response.rs: a second accept line, right
+        // or wrong, makes the response invalid.
+        for second in ["s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "AAAA"] {
+            let mut twice = ok.clone();
+            twice.append(
+                header::SEC_WEBSOCKET_ACCEPT,
+                HeaderValue::from_static(second),
+            );
+            assert!(check_response(s, &twice, KEY.as_bytes()).is_err());
+        }
     }
 }

@@ -84,16 +84,26 @@ pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded, host: Option<&Hea
         0 => fwd.client_ip.clone(),
         _ => {
             // Earlier proxies' hops, possibly over several lines, then this client.
+            // Empty lines are skipped: `X-Forwarded-For:` alone would otherwise give
+            // ", client", whose first (empty) item a reader takes for the client
+            // (found by fuzzing).
             let mut joined = Vec::with_capacity(64);
             for v in headers.get_all(&X_FORWARDED_FOR) {
+                if v.as_bytes().trim_ascii().is_empty() {
+                    continue;
+                }
                 if !joined.is_empty() {
                     joined.extend_from_slice(b", ");
                 }
                 joined.extend_from_slice(v.as_bytes());
             }
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(fwd.client_ip.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| fwd.client_ip.clone())
+            if joined.is_empty() {
+                fwd.client_ip.clone()
+            } else {
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(fwd.client_ip.as_bytes());
+                HeaderValue::from_bytes(&joined).unwrap_or_else(|_| fwd.client_ip.clone())
+            }
         }
     };
     headers.insert(X_FORWARDED_FOR.clone(), xff);
@@ -195,6 +205,22 @@ mod tests {
         let mut h = HeaderMap::new();
         set_forwarded(&mut h, &fwd, None);
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
+    }
+
+    #[test]
+    fn empty_forwarded_for_lines_are_skipped() {
+        // Found by fuzz/fuzz_targets/request_head.rs: an empty line made ", 10.0.0.9".
+        let fwd = Forwarded::new("10.0.0.9".parse().unwrap(), false);
+        let mut h = map(&[("x-forwarded-for", "")]);
+        set_forwarded(&mut h, &fwd, None);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
+        let mut h = map(&[
+            ("x-forwarded-for", " "),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", ""),
+        ]);
+        set_forwarded(&mut h, &fwd, None);
+        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 10.0.0.9");
     }
 
     #[test]
