@@ -7,6 +7,7 @@ pub mod h2;
 pub mod netns;
 pub mod pki;
 pub mod process;
+pub mod proxy;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
