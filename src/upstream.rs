@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 use http::header::{HOST, HeaderMap};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::net::Stream;
+use server::Http1Conn;
 pub use server::{LoadGuard, Server};
 
 use crate::balance::{Balancer, HashKey, Policy};
@@ -73,7 +74,7 @@ pub struct Checkin {
 /// What a response holds of its connection.
 enum Pooled {
     /// An HTTP/1.1 connection, all its own until the body is through.
-    Http1(SendRequest<RequestBody>),
+    Http1(Http1Conn),
     /// A stream's place on a shared HTTP/2 connection.
     H2(h2::Slot),
 }
@@ -93,7 +94,7 @@ impl Checkin {
     /// Puts the connection back in the pool, if it is still open.
     pub fn give_back(self) {
         match self.pooled {
-            Pooled::Http1(sender) => self.load.server().put_idle(sender),
+            Pooled::Http1(conn) => self.load.server().put_idle(conn),
             // The connection stays in its server's pool; the stream frees its slot.
             Pooled::H2(slot) => drop(slot),
         }
@@ -265,7 +266,7 @@ impl Upstream {
             };
             default_host(server, &mut req);
             loop {
-                let (mut sender, reused) = match server.take_idle() {
+                let (mut conn, reused) = match server.take_idle() {
                     Some(s) => (s, true),
                     None => match self.open_pooled(server).await {
                         Ok(s) => (s, false),
@@ -276,14 +277,15 @@ impl Upstream {
                         }
                     },
                 };
-                if sender.ready().await.is_err() {
+                if conn.sender.ready().await.is_err() {
                     if reused {
                         continue;
                     }
                     last = Some(std::io::Error::other("connection closed at once"));
                     break;
                 }
-                let sent = tokio::time::timeout(timeout, sender.try_send_request(req))
+                // A timeout drops `conn`, which closes it: it still holds the request.
+                let sent = tokio::time::timeout(timeout, conn.sender.try_send_request(req))
                     .await
                     .map_err(|_| ProxyError::ResponseTimeout(timeout))?;
                 match sent {
@@ -291,7 +293,7 @@ impl Upstream {
                         return Ok(Answer {
                             response,
                             checkin: Checkin {
-                                pooled: Pooled::Http1(sender),
+                                pooled: Pooled::Http1(conn),
                                 load,
                             },
                         });
@@ -309,18 +311,21 @@ impl Upstream {
         Err(self.no_server(last, full, plan.len()))
     }
 
-    async fn open_pooled(&self, server: &Server) -> std::io::Result<SendRequest<RequestBody>> {
+    async fn open_pooled(&self, server: &Server) -> std::io::Result<Http1Conn> {
         let stream = self.open(server).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(std::io::Error::other)?;
         let name = server.name.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(server = %name, error = %e, "upstream connection ended");
             }
         });
-        Ok(sender)
+        Ok(Http1Conn {
+            sender,
+            task: task.abort_handle(),
+        })
     }
 
     /// Sends a WebSocket handshake on a new connection of its own (over HTTP/2, as an

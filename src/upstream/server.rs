@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use hyper::client::conn::http1::SendRequest;
 use prometheus::IntGauge;
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::RequestBody;
@@ -60,8 +61,26 @@ pub struct Server {
 }
 
 struct Idle {
-    sender: SendRequest<RequestBody>,
+    conn: Http1Conn,
     since: Instant,
+}
+
+/// An HTTP/1.1 connection to a server: what sends on it, and the task that drives it.
+/// Dropping it ends the task at once. Dropping the sender alone would not: hyper
+/// keeps a connection with a request in flight until that request is written, and
+/// toward a server that reads nothing (or is frozen) that is until `[tcp]
+/// user_timeout`, or never. A connection is dropped when a request on it timed out,
+/// its client went away, its response was abandoned, or the pool let it go; in every
+/// one of those cases it can carry nothing more.
+pub(super) struct Http1Conn {
+    pub sender: SendRequest<RequestBody>,
+    pub task: AbortHandle,
+}
+
+impl Drop for Http1Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Passive (connect failures) and active (health checks) health.
@@ -230,35 +249,35 @@ impl Server {
 
     // ---- pool ----
 
-    pub(super) fn take_idle(&self) -> Option<SendRequest<RequestBody>> {
+    pub(super) fn take_idle(&self) -> Option<Http1Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // Newest first: the most recently used connection is the least likely to have
         // been closed by the server.
         while let Some(c) = idle.pop_back() {
-            if !c.sender.is_closed() && c.since.elapsed() < POOL_IDLE_TIMEOUT {
-                return Some(c.sender);
+            if !c.conn.sender.is_closed() && c.since.elapsed() < POOL_IDLE_TIMEOUT {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    pub(super) fn put_idle(&self, sender: SendRequest<RequestBody>) {
+    pub(super) fn put_idle(&self, conn: Http1Conn) {
         let keepalive = self.keepalive.load(Ordering::Relaxed);
-        if sender.is_closed() || keepalive == 0 || self.ending.is_cancelled() {
+        if conn.sender.is_closed() || keepalive == 0 || self.ending.is_cancelled() {
             return;
         }
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while idle
             .front()
-            .is_some_and(|c| c.sender.is_closed() || now - c.since >= POOL_IDLE_TIMEOUT)
+            .is_some_and(|c| c.conn.sender.is_closed() || now - c.since >= POOL_IDLE_TIMEOUT)
         {
             idle.pop_front();
         }
         while idle.len() >= keepalive {
             idle.pop_front();
         }
-        idle.push_back(Idle { sender, since: now });
+        idle.push_back(Idle { conn, since: now });
     }
 
     /// Drops every pooled connection (their settings changed).
