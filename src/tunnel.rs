@@ -15,6 +15,7 @@
 //! state.
 
 pub mod copy;
+pub mod frames;
 #[cfg(target_os = "linux")]
 pub mod splice;
 
