@@ -216,6 +216,7 @@ pub(crate) struct ListenerFile {
     pub max_connections: Option<Spanned<i64>>,
     pub reuse_port: Option<bool>,
     pub http2: Option<bool>,
+    pub proxy_protocol: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,6 +4,7 @@
 //! HTTP/2 ([`http2`]); closed gracefully when the gateway drains.
 
 mod http2;
+pub mod proxy_header;
 
 use std::convert::Infallible;
 use std::fmt;
@@ -36,6 +37,8 @@ pub struct ListenerCtx {
     /// This listener's own connection limit, kept across reloads.
     pub limit: Option<Arc<ConnLimit>>,
     pub tcp: Tcp,
+    /// Every connection starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
     tls_handshake: Duration,
     /// How long a client may take to send a request head, or keep an HTTP/2
     /// connection open with no stream.
@@ -78,11 +81,19 @@ impl ListenerCtx {
             redirect_https: settings.redirect_https,
             limit,
             tcp,
+            proxy_protocol: settings.proxy_protocol,
             tls_handshake: timeouts.tls_handshake,
             request_header: timeouts.request_header,
             http,
             h2: settings.http2.then(|| http2::builder(http2, limits)),
         })
+    }
+}
+
+impl ListenerCtx {
+    /// How long a client has from accept to send its first request head.
+    pub fn request_header(&self) -> Duration {
+        self.request_header
     }
 }
 
@@ -100,24 +111,27 @@ impl fmt::Display for ListenerCtx {
 /// The answer to plain HTTP sent to a TLS port.
 const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 47\r\nconnection: close\r\n\r\nthis port speaks TLS: use https:// or wss://\r\n\r\n";
 
-/// Handles one accepted connection until it closes, upgrades, or shutdown ends it.
+/// Handles one accepted connection (at `accepted`) until it closes, upgrades, or
+/// shutdown ends it.
 pub async fn handle(
     stream: TcpStream,
     client: SocketAddr,
+    accepted: tokio::time::Instant,
     ctx: Arc<ListenerCtx>,
     proxy: Arc<Proxy>,
     shutdown: Shutdown,
     guard: ConnGuard,
 ) {
     // A client has `request_header` from accept to send its first request head,
-    // whatever comes before it (a TLS handshake, the wait for the HTTP/2 preface).
-    let head_deadline = tokio::time::Instant::now() + ctx.request_header;
+    // whatever comes before it (a PROXY header, a TLS handshake, the wait for the
+    // HTTP/2 preface).
+    let head_deadline = accepted + ctx.request_header;
     let Some(tls) = &ctx.tls else {
         let protocol = match &ctx.h2 {
             None => Protocol::Http1,
             Some(_) => {
                 let sniffed = tokio::select! {
-                    p = http2::sniff_preface(&stream, ctx.request_header) => p,
+                    p = http2::sniff_preface(&stream, head_deadline.saturating_duration_since(tokio::time::Instant::now())) => p,
                     () = shutdown.stopped() => return,
                 };
                 match sniffed {
@@ -132,7 +146,7 @@ pub async fn handle(
         let info = conn_info(client, &ctx, false, protocol, guard);
         return serve(stream, info, &ctx, head_deadline, proxy, shutdown).await;
     };
-    let handshake_deadline = head_deadline.min(tokio::time::Instant::now() + ctx.tls_handshake);
+    let handshake_deadline = head_deadline.min(accepted + ctx.tls_handshake);
     let handshake = tokio::time::timeout_at(handshake_deadline, accept_tls(stream, tls));
     let stream = tokio::select! {
         r = handshake => match r {

@@ -129,25 +129,37 @@ impl ClientLimits {
         client: IpAddr,
         listener: Option<&Arc<ConnLimit>>,
     ) -> Result<Admission, Refusal> {
+        let mut admission = self.admit_shared(listener)?;
+        self.admit_client(&mut admission, client)?;
+        Ok(admission)
+    }
+
+    /// Admits a connection under the global and listener limits only, for a listener
+    /// that learns the client's address later (from a PROXY header); the per-client
+    /// limit follows with [`ClientLimits::admit_client`].
+    pub fn admit_shared(&self, listener: Option<&Arc<ConnLimit>>) -> Result<Admission, Refusal> {
         let global = self.global.try_acquire().ok_or(Refusal::MaxConnections)?;
         let listener = match listener {
             Some(l) => Some(l.try_acquire().ok_or(Refusal::ListenerMaxConnections)?),
             None => None,
         };
-        let per_ip = if self.per_ip_on.load(Ordering::Relaxed) {
-            Some(
-                self.per_ip
-                    .try_acquire(client)
-                    .map_err(|_| Refusal::MaxConnectionsPerIp)?,
-            )
-        } else {
-            None
-        };
         Ok(Admission {
             _global: Some(global),
             _listener: listener,
-            _per_ip: per_ip,
+            _per_ip: None,
         })
+    }
+
+    /// Adds `client`'s own limit to an admission.
+    pub fn admit_client(&self, admission: &mut Admission, client: IpAddr) -> Result<(), Refusal> {
+        if self.per_ip_on.load(Ordering::Relaxed) {
+            let guard = self
+                .per_ip
+                .try_acquire(client)
+                .map_err(|_| Refusal::MaxConnectionsPerIp)?;
+            admission._per_ip = Some(guard);
+        }
+        Ok(())
     }
 
     /// Whether `client` may make another WebSocket handshake now.

@@ -33,6 +33,7 @@ pub struct Metrics {
     connections_refused: IntCounterVec,
     connections_negotiated: IntCounterVec,
     accept_exhausted: IntCounterVec,
+    proxy_header_errors: IntCounterVec,
     tls_handshakes: IntCounterVec,
     tunnels_active: IntGaugeVec,
     handshakes: IntCounterVec,
@@ -114,6 +115,12 @@ impl Metrics {
                 IntCounterVec,
                 "sluice_accept_exhausted_total",
                 "Accepts that failed for want of file descriptors or memory (the listener backs off; connections wait in its queue).",
+                &["listener"],
+            ),
+            proxy_header_errors: family!(
+                IntCounterVec,
+                "sluice_proxy_protocol_errors_total",
+                "Connections closed on a listener with proxy_protocol = true for want of a valid PROXY header in time.",
                 &["listener"],
             ),
             tls_handshakes: family!(
@@ -257,6 +264,7 @@ impl Metrics {
                 .with_label_values(&[name, "http1"]),
             h2: self.connections_negotiated.with_label_values(&[name, "h2"]),
             accept_exhausted: self.accept_exhausted.with_label_values(&[name]),
+            proxy_header_errors: self.proxy_header_errors.with_label_values(&[name]),
         }
     }
 
@@ -356,6 +364,8 @@ pub struct ListenerMetrics {
     pub h2: IntCounter,
     /// Accepts that failed for want of file descriptors or memory.
     pub accept_exhausted: IntCounter,
+    /// Connections without a valid PROXY header in time.
+    pub proxy_header_errors: IntCounter,
 }
 
 impl ListenerMetrics {

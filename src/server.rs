@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::ConnGuard;
 use crate::config::Tcp;
-use crate::conn::{self, ListenerCtx};
+use crate::conn::{self, ListenerCtx, proxy_header};
 use crate::limits::{ClientLimits, Refusal};
 use crate::net::{is_resource_exhaustion, set_tcp_options};
 use crate::proxy::Proxy;
@@ -101,6 +101,10 @@ impl Listener {
 
     fn admit(&self, stream: TcpStream, client: SocketAddr) {
         let ctx = self.ctx.load_full();
+        let accepted = tokio::time::Instant::now();
+        if ctx.proxy_protocol {
+            return self.admit_proxied(stream, client, accepted, ctx);
+        }
         let admission = match self.limits.admit(client.ip(), ctx.limit.as_ref()) {
             Ok(a) => a,
             Err(refusal) => return refuse(&ctx, stream, client, refusal),
@@ -109,11 +113,57 @@ impl Listener {
         self.shutdown.spawn(conn::handle(
             stream,
             client,
+            accepted,
             ctx,
             self.proxy.clone(),
             self.shutdown.clone(),
             guard,
         ));
+    }
+
+    /// Admits a connection that must begin with a PROXY header: the shared limits
+    /// count it at once, the per-client limit once the header has named the client.
+    /// The header is due within `request_header` of accept, like a request head.
+    fn admit_proxied(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        accepted: tokio::time::Instant,
+        ctx: Arc<ListenerCtx>,
+    ) {
+        let mut admission = match self.limits.admit_shared(ctx.limit.as_ref()) {
+            Ok(a) => a,
+            Err(refusal) => return refuse(&ctx, stream, peer, refusal),
+        };
+        let limits = self.limits.clone();
+        let proxy = self.proxy.clone();
+        let shutdown = self.shutdown.clone();
+        self.shutdown.spawn(async move {
+            let deadline = accepted + ctx.request_header();
+            let read = tokio::time::timeout_at(deadline, proxy_header::read(&mut stream));
+            let header = tokio::select! {
+                r = read => r,
+                () = shutdown.stopped() => return,
+            };
+            let client = match header {
+                Ok(Ok(parsed)) => parsed.source.unwrap_or(peer),
+                Ok(Err(e)) => {
+                    ctx.metrics.proxy_header_errors.inc();
+                    tracing::debug!(%peer, listener = %ctx.name, error = %e, "connection closed");
+                    return;
+                }
+                Err(_) => {
+                    ctx.metrics.proxy_header_errors.inc();
+                    tracing::debug!(%peer, listener = %ctx.name, "no PROXY header in time: closed");
+                    return;
+                }
+            };
+            if let Err(refusal) = limits.admit_client(&mut admission, client.ip()) {
+                return refuse(&ctx, stream, client, refusal);
+            }
+            let guard = ConnGuard::new(admission, &ctx.metrics);
+            conn::handle(stream, client, accepted, ctx, proxy, shutdown, guard).await;
+        });
     }
 }
 

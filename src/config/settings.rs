@@ -189,6 +189,9 @@ pub struct ListenerSettings {
     /// Serve HTTP/2: offered in ALPN on TLS listeners (the default there), taken with
     /// prior knowledge beside HTTP/1.1 on plain ones (off by default there).
     pub http2: bool,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) whose source
+    /// address is the client's.
+    pub proxy_protocol: bool,
 }
 
 /// One route: which requests go to which upstream.

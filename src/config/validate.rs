@@ -411,6 +411,7 @@ impl Validator<'_> {
                 // h2c with prior knowledge is opt-in on plain listeners: a client
                 // there cannot have learnt of it from ALPN.
                 http2: l.http2.unwrap_or(l.tls.is_some()),
+                proxy_protocol: l.proxy_protocol.unwrap_or(false),
             });
         }
         out
