@@ -52,6 +52,7 @@ fn upstream(m: &Metrics, name: &str) -> Arc<Upstream> {
         servers: Servers::Addresses(Vec::new()),
         keepalive: 0,
         protocol: Default::default(),
+        send_proxy_protocol: None,
         tls: None,
         balance: Balance::RoundRobin,
         max_connections_per_server: None,
@@ -110,7 +111,7 @@ fn bench(c: &mut Criterion) {
             |h| {
                 headers::remove_hop_by_hop(h);
                 headers::set_websocket_upgrade(h);
-                headers::set_forwarded(h, &fwd, Some(&host));
+                headers::set_forwarded(h, &fwd, Some(&host), false);
             },
             criterion::BatchSize::SmallInput,
         )

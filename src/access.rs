@@ -4,18 +4,39 @@
 //! Lines are tracing events with target `access` at INFO, so they take the log format
 //! of the rest (`[log] format`) and can be filtered with `RUST_LOG` (`access=off`).
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::{HeaderValue, Method, Uri};
 
+/// The client as an access line names it.
+#[derive(Debug, Clone, Copy)]
+pub enum Client {
+    /// The connection's peer (or the address its PROXY header gave), with its port.
+    Conn(SocketAddr),
+    /// The address a trusted proxy named in its forwarding headers; no port.
+    Named(IpAddr),
+}
+
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Client::Conn(a) => a.fmt(f),
+            Client::Named(ip) => ip.fmt(f),
+        }
+    }
+}
+
 /// What an access line says of a request, gathered as the request is served.
 pub struct Entry {
     pub started: Instant,
     pub listener: Arc<str>,
-    pub client: SocketAddr,
+    pub client: Client,
+    /// The request's `X-Request-Id`.
+    pub request_id: HeaderValue,
     /// The client connection's HTTP version: `http1` or `h2`.
     pub protocol: &'static str,
     pub method: Method,
@@ -56,6 +77,7 @@ impl Entry {
             kind,
             listener = &*self.listener,
             client = %self.client,
+            request_id = self.request_id.to_str().unwrap_or("-"),
             protocol = self.protocol,
             method = %self.method,
             host = self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),

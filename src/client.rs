@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::headers::Forwarded;
 use crate::limits::Admission;
 use crate::metrics::ListenerMetrics;
+use crate::trust::TrustedProxies;
 
 /// The HTTP version a client connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,11 +59,16 @@ impl Drop for ConnGuard {
 /// connection go, so the connection limit and gauge count tunnels too.
 pub struct ConnInfo {
     pub client: SocketAddr,
+    /// The address the client connected to (the listener's).
+    pub local: SocketAddr,
     /// The listener's name, for logs and metrics.
     pub listener: Arc<str>,
     /// Set when every request is answered with a redirect to HTTPS on this port.
     pub redirect_https: Option<u16>,
     pub forwarded: Forwarded,
+    /// Set when the peer is one of the listener's trusted proxies: its requests name
+    /// their client, and their chain of forwarding headers is kept.
+    pub trusted: Option<Arc<TrustedProxies>>,
     /// Whether the client connected with TLS.
     pub tls: bool,
     pub protocol: Protocol,

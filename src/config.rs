@@ -217,6 +217,7 @@ pub(crate) struct ListenerFile {
     pub reuse_port: Option<bool>,
     pub http2: Option<bool>,
     pub proxy_protocol: Option<bool>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +258,7 @@ pub(crate) struct UpstreamFile {
     pub builtin: Option<Spanned<String>>,
     pub keepalive: Option<Spanned<i64>>,
     pub protocol: Option<Spanned<String>>,
+    pub send_proxy_protocol: Option<Spanned<String>>,
     pub tls: Option<Spanned<bool>>,
     pub sni: Option<Spanned<String>>,
     pub ca: Option<Spanned<String>>,

@@ -20,6 +20,7 @@ use crate::metrics::ListenerMetrics;
 use crate::proxy::Proxy;
 use crate::shutdown::Shutdown;
 use crate::tls::{ServerTls, TlsError};
+use crate::trust::TrustedProxies;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -39,6 +40,8 @@ pub struct ListenerCtx {
     pub tcp: Tcp,
     /// Every connection starts with a PROXY protocol header.
     pub proxy_protocol: bool,
+    /// Peers whose forwarding headers are believed; `None` when there are none.
+    trusted: Option<Arc<TrustedProxies>>,
     tls_handshake: Duration,
     /// How long a client may take to send a request head, or keep an HTTP/2
     /// connection open with no stream.
@@ -82,6 +85,8 @@ impl ListenerCtx {
             limit,
             tcp,
             proxy_protocol: settings.proxy_protocol,
+            trusted: (!settings.trusted_proxies.is_empty())
+                .then(|| Arc::new(settings.trusted_proxies.clone())),
             tls_handshake: timeouts.tls_handshake,
             request_header: timeouts.request_header,
             http,
@@ -126,6 +131,9 @@ pub async fn handle(
     // whatever comes before it (a PROXY header, a TLS handshake, the wait for the
     // HTTP/2 preface).
     let head_deadline = accepted + ctx.request_header;
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let Some(tls) = &ctx.tls else {
         let protocol = match &ctx.h2 {
             None => Protocol::Http1,
@@ -143,7 +151,7 @@ pub async fn handle(
                 }
             }
         };
-        let info = conn_info(client, &ctx, false, protocol, guard);
+        let info = conn_info(client, local, &ctx, false, protocol, guard);
         return serve(stream, info, &ctx, head_deadline, proxy, shutdown).await;
     };
     let handshake_deadline = head_deadline.min(accepted + ctx.tls_handshake);
@@ -170,12 +178,13 @@ pub async fn handle(
         Some(b"h2") if ctx.h2.is_some() => Protocol::H2,
         _ => Protocol::Http1,
     };
-    let info = conn_info(client, &ctx, true, protocol, guard);
+    let info = conn_info(client, local, &ctx, true, protocol, guard);
     serve(stream, info, &ctx, head_deadline, proxy, shutdown).await;
 }
 
 fn conn_info(
     client: SocketAddr,
+    local: SocketAddr,
     ctx: &ListenerCtx,
     tls: bool,
     protocol: Protocol,
@@ -187,9 +196,15 @@ fn conn_info(
     }
     ConnInfo {
         client,
+        local,
         listener: ctx.name.clone(),
         redirect_https: ctx.redirect_https,
         forwarded: Forwarded::new(client.ip(), tls),
+        trusted: ctx
+            .trusted
+            .as_ref()
+            .filter(|t| t.contains(client.ip()))
+            .cloned(),
         tls,
         protocol,
         streams: Streams::default(),

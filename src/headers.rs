@@ -8,6 +8,8 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Request-Id`: the ID that follows one request through sluice and its upstream.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus
 /// the ones a proxy consumes itself. They are never forwarded.
@@ -76,11 +78,26 @@ impl Forwarded {
     }
 }
 
-/// Sets `X-Forwarded-For` (appended to any earlier hops), `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` on a request about to go upstream. `host` is the request's
-/// original Host.
-pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded, host: Option<&HeaderValue>) {
-    let xff = match headers.get_all(&X_FORWARDED_FOR).iter().count() {
+/// Sets `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host` on a request
+/// about to go upstream. `host` is the request's original Host. With `keep_chain`
+/// (the peer is a trusted proxy) the client is appended to the earlier hops, and a
+/// `Forwarded` header stays; otherwise both are the client's own words and are
+/// replaced: `X-Forwarded-For` names the peer alone, and `Forwarded` goes.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    fwd: &Forwarded,
+    host: Option<&HeaderValue>,
+    keep_chain: bool,
+) {
+    if !keep_chain {
+        headers.remove(http::header::FORWARDED);
+    }
+    let earlier = if keep_chain {
+        headers.get_all(&X_FORWARDED_FOR).iter().count()
+    } else {
+        0
+    };
+    let xff = match earlier {
         0 => fwd.client_ip.clone(),
         _ => {
             // Earlier proxies' hops, possibly over several lines, then this client.
@@ -197,14 +214,23 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let host = HeaderValue::from_static("example.com:8080");
-        set_forwarded(&mut h, &fwd, Some(&host));
+        set_forwarded(&mut h, &fwd, Some(&host), true);
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.9");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "example.com:8080");
 
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, &fwd, None);
+        set_forwarded(&mut h, &fwd, None, true);
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
+    }
+
+    #[test]
+    fn an_untrusted_peer_cannot_lengthen_the_chain() {
+        let fwd = Forwarded::new("10.0.0.9".parse().unwrap(), false);
+        let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("forwarded", "for=1.1.1.1")]);
+        set_forwarded(&mut h, &fwd, None, false);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
+        assert!(!h.contains_key(header::FORWARDED));
     }
 
     #[test]
@@ -212,14 +238,14 @@ mod tests {
         // Found by fuzz/fuzz_targets/request_head.rs: an empty line made ", 10.0.0.9".
         let fwd = Forwarded::new("10.0.0.9".parse().unwrap(), false);
         let mut h = map(&[("x-forwarded-for", "")]);
-        set_forwarded(&mut h, &fwd, None);
+        set_forwarded(&mut h, &fwd, None, true);
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
         let mut h = map(&[
             ("x-forwarded-for", " "),
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-for", ""),
         ]);
-        set_forwarded(&mut h, &fwd, None);
+        set_forwarded(&mut h, &fwd, None, true);
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 10.0.0.9");
     }
 

@@ -57,10 +57,12 @@ pub mod origin;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request;
+pub mod request_id;
 pub mod route;
 pub mod server;
 pub mod shutdown;
 pub mod tls;
+pub mod trust;
 pub mod tunnel;
 pub mod upstream;
 

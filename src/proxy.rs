@@ -4,6 +4,7 @@
 
 mod websocket;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -25,9 +26,10 @@ use crate::limits::ClientLimits;
 use crate::request::{
     has_dot_segments, head_size, redirect_to_https, request_host, rewrite_request,
 };
+use crate::request_id;
 use crate::route::{Route, RouteTable, offers_subprotocol};
 use crate::shutdown::Shutdown;
-use crate::upstream::{Checkin, Server};
+use crate::upstream::{Checkin, ProxiedFor, Server};
 
 /// The body of every response sent to a client: sluice's own, or an upstream's
 /// whose pooled connection goes back to the pool once the body is through.
@@ -62,6 +64,10 @@ pub struct Proxy {
 /// One request in flight: what the error path and the access line need.
 struct Exchange<'a> {
     conn: &'a Arc<ConnInfo>,
+    /// The client: the connection's peer, or the address a trusted proxy named.
+    client: IpAddr,
+    /// This request's ID: a trusted proxy's `X-Request-Id`, or a new one.
+    request_id: HeaderValue,
     started: Instant,
     route: Option<Arc<Route>>,
     server: Option<Arc<Server>>,
@@ -71,6 +77,20 @@ struct Exchange<'a> {
 }
 
 impl Exchange<'_> {
+    /// Whom an upstream connection is opened for (its PROXY header, when the
+    /// upstream wants one): the client a trusted proxy named has no port of its own.
+    fn proxied_for(&self) -> ProxiedFor {
+        let client = if self.client == self.conn.client.ip() {
+            self.conn.client
+        } else {
+            SocketAddr::new(self.client, 0)
+        };
+        ProxiedFor {
+            client,
+            local: self.conn.local,
+        }
+    }
+
     /// The access entry, with what is now known, to travel with the response.
     fn entry(&mut self, status: StatusCode) -> Option<Box<access::Entry>> {
         let mut e = self.access.take()?;
@@ -108,36 +128,55 @@ impl Proxy {
         conn: &Arc<ConnInfo>,
     ) -> Response<ClientBody> {
         let access = self.state.load().access;
+        let (client, request_id) = match &conn.trusted {
+            Some(trusted) => (
+                trusted.client(req.headers(), conn.client.ip()),
+                req.headers()
+                    .get(&headers::X_REQUEST_ID)
+                    .filter(|id| request_id::is_acceptable(id))
+                    .cloned()
+                    .unwrap_or_else(request_id::new),
+            ),
+            None => (conn.client.ip(), request_id::new()),
+        };
+        let entry = access.enabled.then(|| {
+            Box::new(access::Entry {
+                started: Instant::now(),
+                listener: conn.listener.clone(),
+                client: if conn.trusted.is_some() {
+                    access::Client::Named(client)
+                } else {
+                    access::Client::Conn(conn.client)
+                },
+                request_id: request_id.clone(),
+                protocol: conn.protocol.as_str(),
+                method: req.method().clone(),
+                // HTTP/2 names the host in `:authority`.
+                host: req.headers().get(http::header::HOST).cloned().or_else(|| {
+                    let authority = req.uri().authority()?;
+                    HeaderValue::from_str(authority.as_str()).ok()
+                }),
+                uri: req.uri().clone(),
+                with_query: access.query,
+                route: None,
+                server: None,
+                status: 0,
+                grpc_status: None,
+                bytes_in: Arc::new(AtomicU64::new(0)),
+            })
+        });
         let mut x = Exchange {
             conn,
+            client,
+            request_id,
             started: Instant::now(),
             route: None,
             server: None,
             grpc: grpc::is_call(req.headers()),
-            access: access.enabled.then(|| {
-                Box::new(access::Entry {
-                    started: Instant::now(),
-                    listener: conn.listener.clone(),
-                    client: conn.client,
-                    protocol: conn.protocol.as_str(),
-                    method: req.method().clone(),
-                    // HTTP/2 names the host in `:authority`.
-                    host: req.headers().get(http::header::HOST).cloned().or_else(|| {
-                        let authority = req.uri().authority()?;
-                        HeaderValue::from_str(authority.as_str()).ok()
-                    }),
-                    uri: req.uri().clone(),
-                    with_query: access.query,
-                    route: None,
-                    server: None,
-                    status: 0,
-                    grpc_status: None,
-                    bytes_in: Arc::new(AtomicU64::new(0)),
-                })
-            }),
+            access: entry,
         };
         let method = req.method().clone();
-        match self.serve(req, &mut x).await {
+        let mut resp = match self.serve(req, &mut x).await {
             Ok(resp) => resp,
             Err(error) => {
                 let route = x.route.as_ref().map_or("-", |r| &*r.name);
@@ -145,11 +184,11 @@ impl Proxy {
                 let status = error.status();
                 match error.origin() {
                     Origin::Client => tracing::info!(
-                        client = %conn.client, listener = %conn.listener, route, %method,
+                        client = %x.client, listener = %conn.listener, route, %method,
                         status = status.as_u16(), cause = %error, "request refused"
                     ),
                     Origin::Upstream => tracing::warn!(
-                        client = %conn.client, listener = %conn.listener, route, server, %method,
+                        client = %x.client, listener = %conn.listener, route, server, %method,
                         status = status.as_u16(), cause = %error, "upstream failure"
                     ),
                 }
@@ -161,12 +200,17 @@ impl Proxy {
                     if let Some(e) = entry.as_mut() {
                         e.grpc_status = Some(error.grpc_status());
                     }
-                    return error.grpc_response().map(|b| b.with_access(entry));
+                    error.grpc_response().map(|b| b.with_access(entry))
+                } else {
+                    let entry = x.entry(status);
+                    error.response().map(|b| b.with_access(entry))
                 }
-                let entry = x.entry(status);
-                error.response().map(|b| b.with_access(entry))
             }
-        }
+        };
+        // The client can quote it when it reports a problem.
+        resp.headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), x.request_id);
+        resp
     }
 
     async fn serve(
@@ -226,7 +270,7 @@ impl Proxy {
         // ---- rewrite, forward ----
         let plan = route
             .upstream
-            .plan(req.headers(), req.uri().query(), x.conn.client.ip());
+            .plan(req.headers(), req.uri().query(), x.client);
         let (mut parts, body) = req.into_parts();
         // A gRPC call's deadline bounds the wait for the response head too.
         let mut timeout = timeouts.upstream_response;
@@ -235,7 +279,7 @@ impl Proxy {
             timeout = grpc::timeout(&parts.headers).map_or(timeout, |t| t.min(timeout));
             trailers = headers::has_token(&parts.headers, &http::header::TE, "trailers");
         }
-        rewrite_request(&mut parts, x.conn, host, upgrade);
+        rewrite_request(&mut parts, x.conn, host, upgrade, &x.request_id);
         if trailers && route.upstream.speaks_h2() {
             // TE is hop-by-hop, but `TE: trailers` is how a gRPC server knows its
             // client (here sluice, which passes trailers on) takes trailers.
@@ -245,7 +289,11 @@ impl Proxy {
         }
         let counted = x.access.as_ref().map(|e| e.bytes_in.clone());
         let req = Request::from_parts(parts, RequestBody::new(body, counted));
-        let answer = match route.upstream.send(req, &plan, timeout).await {
+        let answer = match route
+            .upstream
+            .send(req, &plan, timeout, x.proxied_for())
+            .await
+        {
             Ok(a) => a,
             Err(e) => {
                 if matches!(e, ProxyError::UpstreamFull) {

@@ -75,6 +75,7 @@ pub fn rewrite_request(
     conn: &ConnInfo,
     host: Option<HeaderValue>,
     upgrade: Upgrade,
+    request_id: &HeaderValue,
 ) {
     if parts.uri.authority().is_some() {
         // An absolute-form target names the host; the upstream gets origin-form and a
@@ -106,7 +107,15 @@ pub fn rewrite_request(
         }
         Upgrade::None | Upgrade::Other => {}
     }
-    headers::set_forwarded(&mut parts.headers, &conn.forwarded, host.as_ref());
+    headers::set_forwarded(
+        &mut parts.headers,
+        &conn.forwarded,
+        host.as_ref(),
+        conn.trusted.is_some(),
+    );
+    parts
+        .headers
+        .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
     parts.version = Version::HTTP_11;
     // Nothing the client's connection attached (a pending upgrade of a refused `h2c`
     // request, say) belongs to the upstream request.

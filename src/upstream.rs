@@ -24,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::net::Stream;
+pub use connect::ProxiedFor;
 use server::Http1Conn;
 pub use server::{LoadGuard, Server};
 
@@ -75,6 +76,9 @@ pub struct Checkin {
 enum Pooled {
     /// An HTTP/1.1 connection, all its own until the body is through.
     Http1(Http1Conn),
+    /// An HTTP/1.1 connection that began with its client's PROXY header: closed
+    /// after the response, never pooled for another client.
+    Private(Http1Conn),
     /// A stream's place on a shared HTTP/2 connection.
     H2(h2::Slot),
 }
@@ -95,6 +99,7 @@ impl Checkin {
     pub fn give_back(self) {
         match self.pooled {
             Pooled::Http1(conn) => self.load.server().put_idle(conn),
+            Pooled::Private(conn) => drop(conn),
             // The connection stays in its server's pool; the stream frees its slot.
             Pooled::H2(slot) => drop(slot),
         }
@@ -132,6 +137,7 @@ impl Upstream {
                 tcp,
                 settings.tls.as_ref(),
                 settings.protocol == UpstreamProtocol::H2,
+                settings.send_proxy_protocol,
             )?,
             protocol: settings.protocol,
             h2: h2::builder(),
@@ -180,13 +186,17 @@ impl Upstream {
         order
     }
 
-    async fn open(&self, server: &Server) -> std::io::Result<Stream> {
+    async fn open(
+        &self,
+        server: &Server,
+        proxied_for: Option<ProxiedFor>,
+    ) -> std::io::Result<Stream> {
         let started = Instant::now();
         let mut last = None;
         for addr in server.addrs() {
             match self
                 .connector
-                .connect(addr, connect::host_of(&server.name))
+                .connect(addr, connect::host_of(&server.name), proxied_for)
                 .await
             {
                 Ok(stream) => {
@@ -210,7 +220,11 @@ impl Upstream {
     }
 
     /// Connects to the first server of `plan` that answers and has room.
-    pub async fn connect(&self, plan: &[usize]) -> Result<(LoadGuard, Stream), ProxyError> {
+    pub async fn connect(
+        &self,
+        plan: &[usize],
+        proxied_for: Option<ProxiedFor>,
+    ) -> Result<(LoadGuard, Stream), ProxyError> {
         let mut last = None;
         let mut full = 0;
         for &i in plan {
@@ -219,7 +233,7 @@ impl Upstream {
                 full += 1;
                 continue;
             };
-            match self.open(server).await {
+            match self.open(server, proxied_for).await {
                 Ok(stream) => return Ok((load, stream)),
                 Err(e) => {
                     tracing::warn!(upstream = %self.name, server = %server.name, error = %e, "upstream connect failed");
@@ -252,6 +266,7 @@ impl Upstream {
         mut req: Request<RequestBody>,
         plan: &[usize],
         timeout: Duration,
+        proxied_for: ProxiedFor,
     ) -> Result<Answer, ProxyError> {
         if self.protocol == UpstreamProtocol::H2 {
             return self.send_h2(req, plan, timeout).await;
@@ -266,9 +281,12 @@ impl Upstream {
             };
             default_host(server, &mut req);
             loop {
-                let (mut conn, reused) = match server.take_idle() {
+                // A connection that began with a PROXY header is its client's alone.
+                let private = self.connector.sends_proxy_header();
+                let idle = if private { None } else { server.take_idle() };
+                let (mut conn, reused) = match idle {
                     Some(s) => (s, true),
-                    None => match self.open_pooled(server).await {
+                    None => match self.open_pooled(server, Some(proxied_for)).await {
                         Ok(s) => (s, false),
                         Err(e) => {
                             tracing::warn!(upstream = %self.name, server = %server.name, error = %e, "upstream connect failed");
@@ -293,7 +311,11 @@ impl Upstream {
                         return Ok(Answer {
                             response,
                             checkin: Checkin {
-                                pooled: Pooled::Http1(conn),
+                                pooled: if private {
+                                    Pooled::Private(conn)
+                                } else {
+                                    Pooled::Http1(conn)
+                                },
                                 load,
                             },
                         });
@@ -311,8 +333,12 @@ impl Upstream {
         Err(self.no_server(last, full, plan.len()))
     }
 
-    async fn open_pooled(&self, server: &Server) -> std::io::Result<Http1Conn> {
-        let stream = self.open(server).await?;
+    async fn open_pooled(
+        &self,
+        server: &Server,
+        proxied_for: Option<ProxiedFor>,
+    ) -> std::io::Result<Http1Conn> {
+        let stream = self.open(server, proxied_for).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(std::io::Error::other)?;
@@ -335,11 +361,12 @@ impl Upstream {
         &self,
         mut req: Request<RequestBody>,
         plan: &[usize],
+        proxied_for: ProxiedFor,
     ) -> Result<(Response<Incoming>, LoadGuard), ProxyError> {
         if self.protocol == UpstreamProtocol::H2 {
             return self.send_connect_h2(req, plan).await;
         }
-        let (load, stream) = self.connect(plan).await?;
+        let (load, stream) = self.connect(plan, Some(proxied_for)).await?;
         let server = load.server().clone();
         default_host(&server, &mut req);
         let (mut sender, conn) = http1::handshake(TokioIo::new(stream))

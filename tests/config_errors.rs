@@ -282,3 +282,21 @@ protocol = "h2"
         "{msg}"
     );
 }
+
+#[test]
+fn a_trusted_proxy_that_is_not_an_address_is_named() {
+    let toml = format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\", \"lb.internal\"]\n{GOOD_TAIL}"
+    );
+    let msg = problems(&toml);
+    assert!(
+        msg.contains(
+            "bad.toml:3:34: trusted_proxies: \"10.0.0.0/33\" is not an IP address or network"
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("bad.toml:3:49: trusted_proxies: \"lb.internal\" is not"),
+        "{msg}"
+    );
+}

@@ -264,3 +264,128 @@ async fn behind_haproxy_with_send_proxy_v2() {
     assert_eq!(metric(&metrics_text(&gw).await, ERRORS), 0.0);
     haproxy.kill().await.unwrap();
 }
+
+// ---- sending PROXY headers to upstreams ----
+
+/// An upstream that expects a PROXY header on each connection: it records the header
+/// (parsed by the `ppp` crate) and then answers one HTTP request with 200, or accepts
+/// a WebSocket and echoes it.
+async fn proxy_reading_backend(
+    websocket: bool,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                // The header alone: v1 up to its CRLF, v2 by the length it gives.
+                let mut header = vec![0u8; 16];
+                s.read_exact(&mut header).await.unwrap();
+                if header.starts_with(b"PROXY ") {
+                    while !header.ends_with(b"\r\n") {
+                        let mut b = [0u8; 1];
+                        s.read_exact(&mut b).await.unwrap();
+                        header.push(b[0]);
+                    }
+                } else {
+                    let len = u16::from_be_bytes([header[14], header[15]]) as usize;
+                    let mut rest = vec![0u8; len];
+                    s.read_exact(&mut rest).await.unwrap();
+                    header.extend_from_slice(&rest);
+                }
+                tx.send(header).unwrap();
+                if websocket {
+                    let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
+                    use futures_util::{SinkExt, StreamExt};
+                    while let Some(Ok(m)) = ws.next().await {
+                        if m.is_text() && ws.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                } else {
+                    let _ = read_head(&mut s).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                    let _ = read_head(&mut s).await;
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// The source and destination a PROXY header gives, read by the `ppp` crate.
+fn addresses(header: &[u8]) -> Option<(SocketAddr, SocketAddr)> {
+    match ppp::HeaderResult::parse(header) {
+        ppp::HeaderResult::V1(Ok(h)) => match h.addresses {
+            ppp::v1::Addresses::Tcp4(a) => Some((
+                (a.source_address, a.source_port).into(),
+                (a.destination_address, a.destination_port).into(),
+            )),
+            _ => None,
+        },
+        ppp::HeaderResult::V2(Ok(h)) => match h.addresses {
+            ppp::v2::Addresses::IPv4(a) if h.command == ppp::v2::Command::Proxy => Some((
+                (a.source_address, a.source_port).into(),
+                (a.destination_address, a.destination_port).into(),
+            )),
+            _ => None,
+        },
+        other => panic!("not a PROXY header: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn requests_reach_the_upstream_after_a_v1_header_on_connections_of_their_own() {
+    let (backend, mut headers) = proxy_reading_backend(false).await;
+    let gw = start(&config(&[backend], "send_proxy_protocol = \"v1\"\n")).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let me = s.local_addr().unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(status_of(&read_response(&mut s).await), 200);
+        let header = within("a PROXY header", headers.recv()).await.unwrap();
+        assert!(header.starts_with(b"PROXY TCP4 "), "{header:?}");
+        assert_eq!(addresses(&header), Some((me, gw.addr)));
+    }
+    // Two requests, two upstream connections: none is pooled for another client.
+}
+
+#[tokio::test]
+async fn a_tunnel_tells_its_upstream_the_client_in_a_v2_header() {
+    let (backend, mut headers) = proxy_reading_backend(true).await;
+    let gw = start(&config(&[backend], "send_proxy_protocol = \"v2\"\n")).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let me = stream.local_addr().unwrap();
+    let (mut ws, _) = within(
+        "handshake",
+        tokio_tungstenite::client_async(
+            gw.url("/"),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        ),
+    )
+    .await
+    .unwrap();
+    let header = within("a PROXY header", headers.recv()).await.unwrap();
+    assert_eq!(addresses(&header), Some((me, gw.addr)));
+    echo_once(
+        &mut ws,
+        tokio_tungstenite::tungstenite::Message::text("hello"),
+    )
+    .await;
+}
+
+#[test]
+fn an_h2_upstream_cannot_send_proxy_headers() {
+    let toml = "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"b\"\n[upstreams.b]\nservers = [\"127.0.0.1:1\"]\nprotocol = \"h2\"\nsend_proxy_protocol = \"v2\"\n";
+    let Err(err) = sluice::config::parse(toml, std::path::Path::new("bad.toml")) else {
+        panic!("accepted");
+    };
+    let err = err.to_string();
+    assert!(err.contains("cannot send a PROXY header"), "{err}");
+}

@@ -192,6 +192,8 @@ pub struct ListenerSettings {
     /// Every connection starts with a PROXY protocol header (v1 or v2) whose source
     /// address is the client's.
     pub proxy_protocol: bool,
+    /// Peers whose `X-Forwarded-For`, `Forwarded` and `X-Request-Id` are believed.
+    pub trusted_proxies: crate::trust::TrustedProxies,
 }
 
 /// One route: which requests go to which upstream.
@@ -220,6 +222,9 @@ pub struct UpstreamSettings {
     pub keepalive: usize,
     /// The HTTP version spoken to the servers.
     pub protocol: UpstreamProtocol,
+    /// A PROXY protocol header, in this version, starts every connection to the
+    /// servers; their connections then serve one client each (never pooled).
+    pub send_proxy_protocol: Option<ProxyVersion>,
     pub tls: Option<UpstreamTls>,
     pub balance: Balance,
     /// Connections at once to one server, tunnels included.
@@ -231,6 +236,13 @@ pub struct UpstreamSettings {
     pub health_check: Option<HealthCheck>,
     /// How often servers given by host name are resolved again.
     pub resolve_interval: Duration,
+}
+
+/// A PROXY protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
 }
 
 /// The HTTP version an upstream's servers are spoken to in.

@@ -401,6 +401,25 @@ impl Validator<'_> {
                 .max_connections
                 .as_ref()
                 .and_then(|n| self.int_in(n, "max_connections", 1, 10_000_000));
+            let mut trusted = Vec::new();
+            for net in l.trusted_proxies.iter().flatten() {
+                // A bare address is a network of one.
+                let parsed = net.get_ref().parse::<ipnet::IpNet>().or_else(|_| {
+                    net.get_ref()
+                        .parse::<std::net::IpAddr>()
+                        .map(ipnet::IpNet::from)
+                });
+                match parsed {
+                    Ok(n) => trusted.push(n),
+                    Err(_) => self.error(
+                        net.span(),
+                        format!(
+                            "trusted_proxies: \"{}\" is not an IP address or network (\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.1\")",
+                            net.get_ref()
+                        ),
+                    ),
+                }
+            }
             out.push(ListenerSettings {
                 name,
                 listen,
@@ -412,6 +431,7 @@ impl Validator<'_> {
                 // there cannot have learnt of it from ALPN.
                 http2: l.http2.unwrap_or(l.tls.is_some()),
                 proxy_protocol: l.proxy_protocol.unwrap_or(false),
+                trusted_proxies: crate::trust::TrustedProxies::new(trusted),
             });
         }
         out

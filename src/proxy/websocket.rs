@@ -3,6 +3,7 @@
 //! over HTTP/2), and the tunnel's task with its report.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ impl Proxy {
         timeouts: &Timeouts,
         lifetime: Option<Duration>,
     ) -> Result<Response<ClientBody>, ProxyError> {
-        let key = match self.check_handshake(&req, upgrade, route, x.conn) {
+        let key = match self.check_handshake(&req, upgrade, route, x.client) {
             Ok(k) => k,
             Err(e) => {
                 route.metrics.handshake(HandshakeOutcome::Rejected);
@@ -75,7 +76,7 @@ impl Proxy {
         req: &Request<Incoming>,
         upgrade: Upgrade,
         route: &Route,
-        conn: &ConnInfo,
+        client: IpAddr,
     ) -> Result<[u8; 24], ProxyError> {
         let key = if upgrade == Upgrade::WebSocketH2 {
             handshake::check_request_h2(req.headers())?;
@@ -92,7 +93,7 @@ impl Proxy {
         {
             return Err(ProxyError::OriginNotAllowed);
         }
-        if !self.limits.allow_handshake(conn.client.ip()) {
+        if !self.limits.allow_handshake(client) {
             route.metrics.refused_rate.inc();
             return Err(ProxyError::RateLimited);
         }
@@ -118,9 +119,9 @@ impl Proxy {
         } = hs;
         let plan = route
             .upstream
-            .plan(req.headers(), req.uri().query(), x.conn.client.ip());
+            .plan(req.headers(), req.uri().query(), x.client);
         let (mut parts, body) = req.into_parts();
-        rewrite_request(&mut parts, x.conn, host, upgrade);
+        rewrite_request(&mut parts, x.conn, host, upgrade, &x.request_id);
         if upgrade == Upgrade::WebSocketH2 {
             parts.headers.insert(
                 http::header::SEC_WEBSOCKET_KEY,
@@ -128,7 +129,11 @@ impl Proxy {
             );
         }
         let req = Request::from_parts(parts, RequestBody::new(body, None));
-        let (mut resp, load) = match route.upstream.send_upgrade(req, &plan).await {
+        let (mut resp, load) = match route
+            .upstream
+            .send_upgrade(req, &plan, x.proxied_for())
+            .await
+        {
             Ok(r) => r,
             Err(error) => {
                 if matches!(error, ProxyError::UpstreamFull) {
@@ -154,7 +159,7 @@ impl Proxy {
             // once the body is through.
             route.metrics.handshake(HandshakeOutcome::Rejected);
             tracing::info!(
-                client = %x.conn.client, route = %route.name, server = %server.name,
+                client = %x.client, route = %route.name, server = %server.name,
                 status = resp.status().as_u16(), "upstream refused the WebSocket handshake"
             );
             let (mut parts, body) = resp.into_parts();

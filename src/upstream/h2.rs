@@ -327,7 +327,8 @@ impl Upstream {
 
     /// Opens an HTTP/2 connection to `server` and starts driving it.
     async fn open_h2(&self, server: &Arc<Server>) -> std::io::Result<Conn> {
-        let stream = self.open(server).await?;
+        // HTTP/2 upstreams never send PROXY headers (configuration refuses it).
+        let stream = self.open(server, None).await?;
         let (sender, conn) = self
             .h2
             .handshake(TokioIo::new(stream))

@@ -95,7 +95,7 @@ async fn probe(up: &Upstream, server: &Server, path: Option<&str>) -> Result<(),
     let addr = server.addrs().next().ok_or("no address")?;
     let stream = up
         .connector
-        .connect(addr, connect::host_of(&server.name))
+        .connect(addr, connect::host_of(&server.name), None)
         .await
         .map_err(|e| e.to_string())?;
     let Some(path) = path else { return Ok(()) };

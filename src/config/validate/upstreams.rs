@@ -49,6 +49,31 @@ impl Validator<'_> {
                     UpstreamProtocol::Http1
                 }
             };
+            let send_proxy_protocol = match u
+                .send_proxy_protocol
+                .as_ref()
+                .map(|p| (p.get_ref().as_str(), p.span()))
+            {
+                None => None,
+                Some((_, span)) if protocol == UpstreamProtocol::H2 || builtin => {
+                    self.error(
+                        span,
+                        format!("upstream \"{name}\" cannot send a PROXY header: an HTTP/2 connection carries many clients' streams, and a builtin upstream has no connection"),
+                    );
+                    None
+                }
+                Some(("v1", _)) => Some(ProxyVersion::V1),
+                Some(("v2", _)) => Some(ProxyVersion::V2),
+                Some((other, span)) => {
+                    self.error(
+                        span,
+                        format!(
+                            "send_proxy_protocol = \"{other}\" is not known: use \"v1\" or \"v2\""
+                        ),
+                    );
+                    None
+                }
+            };
             let tls = self.upstream_tls(&name, u, builtin);
             let balance = self.balance(&name, u);
             let max_connections_per_server = u
@@ -82,6 +107,7 @@ impl Validator<'_> {
                     servers,
                     keepalive,
                     protocol,
+                    send_proxy_protocol,
                     tls,
                     balance,
                     max_connections_per_server,
