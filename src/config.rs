@@ -147,6 +147,7 @@ pub(crate) struct File {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdminFile {
     pub listen: Spanned<String>,
+    pub token: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

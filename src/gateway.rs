@@ -26,6 +26,7 @@ use crate::proxy::{AccessLog, Proxy, State};
 use crate::route::{Route, RouteTable};
 use crate::server::{self, Listener};
 use crate::shutdown::Shutdown;
+use crate::status::StatusBoard;
 use crate::upstream::{Server, Upstream};
 use crate::{admin, echo};
 
@@ -72,6 +73,8 @@ pub struct Gateway {
     /// Built-in upstreams by upstream name, kept across reloads.
     builtins: Mutex<HashMap<String, SocketAddr>>,
     admin: Option<SocketAddr>,
+    /// What the admin listener's status page shows.
+    status: Arc<StatusBoard>,
 }
 
 struct RunningListener {
@@ -116,6 +119,7 @@ impl Gateway {
         };
         let gateway = Gateway {
             admin: admin_listener.as_ref().and_then(|l| l.local_addr().ok()),
+            status: Arc::new(StatusBoard::new(&settings)),
             settings: Mutex::new(settings.clone()),
             shutdown,
             metrics,
@@ -129,14 +133,16 @@ impl Gateway {
         for up in gateway.proxy.state().routes.all().map(|r| &r.upstream) {
             up.start_maintenance();
         }
+        gateway.show_status(&settings);
         if let Some(listener) = admin_listener {
             if let Some(addr) = gateway.admin {
-                tracing::info!(%addr, "admin listening: /metrics /healthz /readyz");
+                tracing::info!(%addr, "admin listening: / /status /metrics /healthz /readyz");
             }
             tokio::spawn(admin::serve(
                 listener,
                 gateway.metrics.clone(),
                 gateway.shutdown.clone(),
+                gateway.status.clone(),
             ));
         }
         gateway.spawn_sweeper();
@@ -170,6 +176,9 @@ impl Gateway {
             Ok(settings) => self.reload(settings).await,
             Err(e) => {
                 self.metrics.reloaded(false);
+                // One problem a line, as the loader reports them.
+                let problems = e.to_string().lines().map(str::to_owned).collect();
+                self.status.reloaded(false, problems);
                 Err(ReloadError::Config(e))
             }
         }
@@ -181,6 +190,9 @@ impl Gateway {
     pub async fn reload(&self, settings: Settings) -> Result<(), ReloadError> {
         let result = self.apply(&settings).await;
         self.metrics.reloaded(result.is_ok());
+        let errors = result.as_ref().err().map(|e| vec![e.to_string()]);
+        self.status
+            .reloaded(result.is_ok(), errors.unwrap_or_default());
         result.map_err(ReloadError::Apply)
     }
 
@@ -219,8 +231,23 @@ impl Gateway {
             tracing::warn!("runtime.workers changed; it takes effect at the next restart");
         }
         *current = settings.clone();
+        drop(current);
         self.metrics.config_loaded(&settings.hash);
+        self.show_status(settings);
         Ok(())
+    }
+
+    /// Tells the status page the shape now running.
+    fn show_status(&self, settings: &Settings) {
+        let listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|l| (l.settings.clone(), l.addr))
+            .collect();
+        let upstreams = distinct_upstreams(&self.proxy.state().routes);
+        self.status.install(settings, listeners, upstreams);
     }
 
     /// Builds every listener's context and binds the sockets that are new: a listener

@@ -9,8 +9,9 @@
 //! - [`config`]: the TOML file structs, loading, and validation into typed settings.
 //! - [`gateway`]: starts everything one configuration runs; the library's entry point.
 //! - [`server`]: listeners: bind, connection limit, accept with back-off.
-//! - [`conn`]: one client connection: TLS, the HTTP version (ALPN or the HTTP/2
-//!   preface), then HTTP/1.1 with upgrades or HTTP/2 with its own timeouts.
+//! - [`conn`]: one client connection: a PROXY protocol header where the listener
+//!   wants one, TLS, the HTTP version (ALPN or the HTTP/2 preface), then HTTP/1.1
+//!   with upgrades or HTTP/2 with its own timeouts.
 //! - [`proxy`]: the request service: check, route, rewrite, forward, respond, log.
 //! - [`request`]: request checks and rewriting: host, dot segments, HTTPS redirect, head.
 //! - [`route`]: the immutable routing table (host, then longest path prefix).
@@ -22,10 +23,13 @@
 //! - [`ratelimit`]: per-client connection counts and token buckets.
 //! - [`origin`]: Origin allow-lists for WebSocket handshakes.
 //! - [`headers`]: hop-by-hop removal and `X-Forwarded-*`.
+//! - [`trust`]: trusted proxies, and the client their forwarding headers name.
+//! - [`request_id`]: the `X-Request-Id` every request and tunnel carries.
 //! - [`grpc`]: gRPC calls as a proxy sees them: deadlines, and the statuses sluice answers.
 //! - [`handshake`]: the WebSocket handshake over HTTP/1.1 and HTTP/2 (RFC 8441):
 //!   recognise, check, and check the 101.
-//! - [`tunnel`]: the two-way splice with bounded buffers, half-close and idle timeout.
+//! - [`tunnel`]: the two-way splice with bounded buffers, half-close and idle timeout;
+//!   [`tunnel::frames`] tracks where WebSocket frames begin.
 //! - [`tls`]: rustls configurations: certificate loading, SNI choice, live swap, upstream TLS.
 //! - [`client`]: a client connection's identity and its place under the limits.
 //! - [`access`]: the access log, one line per request and per tunnel.
@@ -33,7 +37,8 @@
 //! - [`error`]: the one proxy error type and its status mapping.
 //! - [`metrics`]: the Prometheus registry and typed handles.
 //! - [`net`]: TCP options both legs get, and the upstream stream (plain or TLS).
-//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`admin`]: the status page, `/status`, `/metrics`, `/healthz`, `/readyz`.
+//! - [`status`]: what the status page shows: the running shape and live counters.
 //! - [`shutdown`]: drain with a grace period, counting tunnels as well as connections.
 //! - [`echo`]: the built-in WebSocket echo upstream.
 
@@ -61,6 +66,7 @@ pub mod request_id;
 pub mod route;
 pub mod server;
 pub mod shutdown;
+pub mod status;
 pub mod tls;
 pub mod trust;
 pub mod tunnel;

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::net::Stream;
 pub use connect::ProxiedFor;
 use server::Http1Conn;
-pub use server::{LoadGuard, Server};
+pub use server::{HealthView, LoadGuard, Server};
 
 use crate::balance::{Balancer, HashKey, Policy};
 use crate::body::RequestBody;
@@ -154,6 +154,10 @@ impl Upstream {
     }
 
     /// Whether the servers are spoken to in HTTP/2.
+    pub fn protocol(&self) -> UpstreamProtocol {
+        self.protocol
+    }
+
     pub fn speaks_h2(&self) -> bool {
         self.protocol == UpstreamProtocol::H2
     }

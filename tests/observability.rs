@@ -58,7 +58,9 @@ async fn admin_endpoints_answer_and_nothing_else_does() {
         ("/healthz", 200),
         ("/readyz", 200),
         ("/metrics", 200),
-        ("/", 404),
+        ("/", 200),
+        ("/status", 200),
+        ("/favicon.ico", 204),
         ("/admin", 404),
     ] {
         let resp = raw_exchange(

@@ -13,6 +13,9 @@ pub use crate::tls::{CertPaths, ListenerTls, TlsVersion, UpstreamTls};
 pub struct Settings {
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`); `None` when not configured.
     pub admin: Option<SocketAddr>,
+    /// When set, the admin listener wants `Authorization: Bearer TOKEN` on everything
+    /// but `/healthz` and `/readyz`.
+    pub admin_token: Option<String>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub http2: Http2,

@@ -27,6 +27,21 @@ pub(super) fn settings(file: File, text: &str, base: &Path) -> Result<Settings, 
         .admin
         .as_ref()
         .and_then(|a| v.socket_addr(&a.listen, "admin listen"));
+    let admin_token = file
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_ref())
+        .and_then(|t| {
+            let token = t.get_ref();
+            if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                v.error(
+                    t.span(),
+                    "admin token must be at least 16 visible ASCII characters (no spaces)",
+                );
+                return None;
+            }
+            Some(token.clone())
+        });
     let timeouts = v.timeouts(&file.timeouts);
     let limits = v.limits(&file.limits);
     let http2 = v.http2(&file.http2);
@@ -47,6 +62,7 @@ pub(super) fn settings(file: File, text: &str, base: &Path) -> Result<Settings, 
     if v.problems.is_empty() {
         Ok(Settings {
             admin,
+            admin_token,
             timeouts,
             limits,
             http2,

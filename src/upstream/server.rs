@@ -83,6 +83,17 @@ impl Drop for Http1Conn {
     }
 }
 
+/// A server's health as a person reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthView {
+    /// How much longer passive health keeps it ejected; zero when it is not.
+    pub ejected_for: Duration,
+    /// Failed connects in a row.
+    pub failed_connects: u32,
+    /// Active health checks hold it down.
+    pub checks_failing: bool,
+}
+
 /// Passive (connect failures) and active (health checks) health.
 #[derive(Default)]
 struct Health {
@@ -179,6 +190,16 @@ impl Server {
         if self.health.consecutive_failures.swap(0, Ordering::Relaxed) != 0 {
             self.health.ejections.store(0, Ordering::Relaxed);
             self.refresh_gauge();
+        }
+    }
+
+    /// What the status page shows of this server's health.
+    pub fn health(&self) -> HealthView {
+        let until = self.health.ejected_until_ms.load(Ordering::Relaxed);
+        HealthView {
+            ejected_for: Duration::from_millis(until.saturating_sub(now_ms())),
+            failed_connects: self.health.consecutive_failures.load(Ordering::Relaxed),
+            checks_failing: self.health.check_down.load(Ordering::Relaxed),
         }
     }
 
