@@ -128,3 +128,44 @@ async fn access_lines_name_the_client_and_the_request_id() {
     assert_eq!(v["fields"]["client"], "198.51.100.4", "{line}");
     assert_eq!(v["fields"]["request_id"], "lb-42", "{line}");
 }
+
+#[tokio::test]
+async fn hashing_by_client_ip_uses_the_named_client() {
+    let a = named_ws_backend("a").await;
+    let b = named_ws_backend("b").await;
+    let gw = start(&listener_config(
+        "trusted_proxies = [\"127.0.0.1\"]",
+        &[a.addr, b.addr],
+        "balance = \"hash\"\nhash_key = \"client_ip\"\n",
+    ))
+    .await;
+    let server_for = |ip: String| {
+        let url = gw.url("/");
+        async move {
+            let mut req =
+                tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                    url.as_str(),
+                )
+                .unwrap();
+            req.headers_mut()
+                .insert("x-forwarded-for", ip.parse().unwrap());
+            let (_ws, resp) = within("handshake", tokio_tungstenite::connect_async(req))
+                .await
+                .unwrap();
+            resp.headers()["x-backend"].to_str().unwrap().to_owned()
+        }
+    };
+    // Every connection comes from 127.0.0.1; only the named client can spread them.
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..16 {
+        let ip = format!("203.0.113.{i}");
+        let first = server_for(ip.clone()).await;
+        assert_eq!(
+            server_for(ip).await,
+            first,
+            "the same client, the same server"
+        );
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 2, "16 clients all hashed to {seen:?}");
+}

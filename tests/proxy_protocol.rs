@@ -389,3 +389,33 @@ fn an_h2_upstream_cannot_send_proxy_headers() {
     let err = err.to_string();
     assert!(err.contains("cannot send a PROXY header"), "{err}");
 }
+
+#[tokio::test]
+async fn the_header_comes_before_tls() {
+    let ca = support::pki::Ca::new("pp");
+    let cert = ca.server("server", &["localhost"]);
+    let (mirror, _) = mirror_backend().await;
+    let listener = format!("proxy_protocol = true\n{}", support::h2::tls_line(&cert));
+    let gw = start(&listener_config(&listener, &[mirror], "")).await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(&v2(1, [198, 51, 100, 77], 6000))
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(ca.client_default())
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS after the PROXY header");
+    tls.write_all(GET).await.unwrap();
+    let mut out = Vec::new();
+    let _ = within("the answer", tls.read_to_end(&mut out)).await;
+    let response = String::from_utf8_lossy(&out);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("x-forwarded-for: 198.51.100.77\n"),
+        "{response}"
+    );
+    assert!(
+        response.contains("x-forwarded-proto: https\n"),
+        "{response}"
+    );
+}

@@ -211,3 +211,23 @@ async fn the_page_renders_the_numbers_in_chromium() {
     );
     drop(tunnels);
 }
+
+#[tokio::test]
+async fn a_failing_server_shows_as_ejected() {
+    let dead = dead_addr().await;
+    let gw = start(&format!(
+        "{}max_fails = 1\nfail_timeout = \"30s\"\n",
+        status_config(dead, "")
+    ))
+    .await;
+    let mut c = HttpClient::connect(gw.addr).await;
+    let (code, _, _) = c.get("/").await;
+    assert_eq!(code, 502);
+    let st = status_json(&gw).await;
+    let server = &st["upstreams"][0]["servers"][0];
+    assert_eq!(server["up"], false, "{server}");
+    assert_eq!(server["failed_connects"], 1);
+    let left = server["ejected_for_seconds"].as_f64().unwrap();
+    assert!(left > 25.0 && left <= 30.0, "{server}");
+    assert_eq!(route(&st, "api")["requests"]["5xx"], 1.0);
+}
