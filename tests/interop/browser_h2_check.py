@@ -21,14 +21,12 @@ Drives Chromium over the DevTools protocol (the `websockets` package).
 import asyncio
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
-import tempfile
-import urllib.request
 
-import websockets
+from cdp import Browser
+
+LOG = "(document.getElementById('log')||{}).textContent || ''"
 
 
 async def main(url: str, expected: str, spki: str, chromium: str) -> int:
@@ -38,100 +36,55 @@ async def main(url: str, expected: str, spki: str, chromium: str) -> int:
     cert_flag = os.environ.get(
         "SLUICE_CHROMIUM_CERT_FLAG", f"--ignore-certificate-errors-spki-list={spki}"
     )
-    profile = tempfile.mkdtemp(prefix="sluice-chromium-")
-    proc = subprocess.Popen(
-        [
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-            "--no-first-run", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-            cert_flag, "about:blank",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     report = {"chromium": version, "cert_flag": cert_flag, "echo": "",
               "page_protocol": None, "websocket": {}, "events": []}
-    try:
-        # Chromium prints "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/ID".
-        port = None
-        for _ in range(200):
-            line = await asyncio.to_thread(proc.stderr.readline)
-            m = re.search(r"ws://127\.0\.0\.1:(\d+)/", line)
-            if m:
-                port = m.group(1)
-                break
-        if port is None:
-            print("chromium did not start its DevTools endpoint", file=sys.stderr)
-            return 1
-        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json"))
-        page = next(t for t in targets if t["type"] == "page")
-        async with websockets.connect(page["webSocketDebuggerUrl"], max_size=None) as cdp:
-            ids = iter(range(1, 1_000_000))
-            ws = report["websocket"]
+    ws = report["websocket"]
 
-            def note(msg):
-                """Keeps what the Network events say of the page and its WebSocket."""
-                method, p = msg.get("method"), msg.get("params", {})
-                if not method or not method.startswith("Network."):
-                    return
-                if method == "Network.responseReceived" and p.get("type") == "Document":
-                    report["page_protocol"] = p["response"].get("protocol")
-                    report["events"].append(
-                        {"event": method, "url": p["response"].get("url"),
-                         "status": p["response"].get("status"),
-                         "protocol": p["response"].get("protocol")})
-                elif method == "Network.webSocketCreated":
-                    ws["url"] = p.get("url")
-                    report["events"].append({"event": method, "url": p.get("url")})
-                elif method == "Network.webSocketWillSendHandshakeRequest":
-                    ws["request_headers"] = p.get("request", {}).get("headers", {})
-                    report["events"].append({"event": method, **p.get("request", {})})
-                elif method == "Network.webSocketHandshakeResponseReceived":
-                    r = p.get("response", {})
-                    ws["status"] = r.get("status")
-                    ws["status_text"] = r.get("statusText")
-                    ws["headers"] = r.get("headers", {})
-                    ws["headers_text"] = r.get("headersText")
-                    ws["request_headers_text"] = r.get("requestHeadersText")
-                    report["events"].append({"event": method, **r})
-                elif method in ("Network.webSocketFrameError", "Network.loadingFailed"):
-                    report["events"].append({"event": method, **p})
+    def note(msg):
+        """Keeps what the Network events say of the page and its WebSocket."""
+        method, p = msg.get("method"), msg.get("params", {})
+        if not method or not method.startswith("Network."):
+            return
+        if method == "Network.responseReceived" and p.get("type") == "Document":
+            report["page_protocol"] = p["response"].get("protocol")
+            report["events"].append(
+                {"event": method, "url": p["response"].get("url"),
+                 "status": p["response"].get("status"),
+                 "protocol": p["response"].get("protocol")})
+        elif method == "Network.webSocketCreated":
+            ws["url"] = p.get("url")
+            report["events"].append({"event": method, "url": p.get("url")})
+        elif method == "Network.webSocketWillSendHandshakeRequest":
+            ws["request_headers"] = p.get("request", {}).get("headers", {})
+            report["events"].append({"event": method, **p.get("request", {})})
+        elif method == "Network.webSocketHandshakeResponseReceived":
+            r = p.get("response", {})
+            ws["status"] = r.get("status")
+            ws["status_text"] = r.get("statusText")
+            ws["headers"] = r.get("headers", {})
+            ws["headers_text"] = r.get("headersText")
+            ws["request_headers_text"] = r.get("requestHeadersText")
+            report["events"].append({"event": method, **r})
+        elif method in ("Network.webSocketFrameError", "Network.loadingFailed"):
+            report["events"].append({"event": method, **p})
 
-            async def call(method, **params):
-                i = next(ids)
-                await cdp.send(json.dumps({"id": i, "method": method, "params": params}))
-                while True:
-                    msg = json.loads(await cdp.recv())
-                    if msg.get("id") == i:
-                        return msg
-                    note(msg)
-
-            await call("Network.enable")
-            await call("Page.navigate", url=url)
-            text = ""
-            for _ in range(100):
-                r = await call(
-                    "Runtime.evaluate",
-                    expression="(document.getElementById('log')||{}).textContent || ''",
-                    returnByValue=True,
-                )
-                text = r.get("result", {}).get("result", {}).get("value", "")
-                report["echo"] = text
-                if f"< {expected}" in text:
-                    break
-                await asyncio.sleep(0.1)
-            # The WebSocket's protocol as the page's own resource timing sees it has no
-            # entry for WebSockets; the DevTools events above are the browser's word.
-            print(json.dumps(report))
+    async with Browser(chromium, [cert_flag], note) as page:
+        await page.call("Network.enable")
+        await page.call("Page.navigate", url=url)
+        text = ""
+        for _ in range(100):
+            text = await page.evaluate(LOG) or ""
+            report["echo"] = text
             if f"< {expected}" in text:
-                return 0
-            print(f"no echo of {expected!r} in the page; log was {text!r}", file=sys.stderr)
-            return 1
-    finally:
-        proc.kill()
-        proc.wait()
-        shutil.rmtree(profile, ignore_errors=True)
+                break
+            await asyncio.sleep(0.1)
+        # The WebSocket's protocol as the page's own resource timing sees it has no
+        # entry for WebSockets; the DevTools events above are the browser's word.
+        print(json.dumps(report))
+        if f"< {expected}" in text:
+            return 0
+        print(f"no echo of {expected!r} in the page; log was {text!r}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,19 +5,15 @@ or failed load (a missing favicon included).
 
 usage: status_page_check.py URL ROUTE TUNNELS [SCREENSHOT.png] [CHROMIUM]
 Prints the routes table's row as the page shows it. Drives Chromium over the DevTools
-protocol (the `websockets` package), like browser_check.py.
+protocol (cdp.py).
 """
 import asyncio
 import base64
 import json
 import os
-import re
-import subprocess
 import sys
-import tempfile
-import urllib.request
 
-import websockets
+from cdp import Browser
 
 ROW = """
 (() => {
@@ -28,87 +24,48 @@ ROW = """
 
 
 async def main(url, route, tunnels, shot, chromium):
-    profile = tempfile.mkdtemp(prefix="sluice-chromium-")
-    proc = subprocess.Popen(
-        [
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-            "--window-size=1400,900", "about:blank",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        port = None
-        for _ in range(200):
-            line = await asyncio.to_thread(proc.stderr.readline)
-            m = re.search(r"ws://127\.0\.0\.1:(\d+)/", line)
-            if m:
-                port = m.group(1)
+    problems = []
+
+    def note(msg):
+        method = msg.get("method", "")
+        params = msg.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            problems.append("exception: " + json.dumps(params.get("exceptionDetails", {}))[:300])
+        elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+            problems.append("console: " + json.dumps(params.get("args", []))[:300])
+        elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+            e = params["entry"]
+            problems.append(f"log: {e.get('text')} {e.get('url', '')}")
+
+    async with Browser(chromium, ["--window-size=1400,900"], note) as page:
+        await page.call("Runtime.enable")
+        await page.call("Log.enable")
+        await page.call("Page.enable")
+        await page.call("Page.navigate", url=url)
+        shown = None
+        for _ in range(150):
+            rows = await page.evaluate(ROW) or []
+            shown = next((row for row in rows if row and row[0] == route), None)
+            # Columns: name, match, upstream, tunnels open, ...; rates need two
+            # readings, so wait for a number there too.
+            if shown and shown[3] == tunnels and shown[11] != "–":
                 break
-        if port is None:
-            print("chromium did not start its DevTools endpoint", file=sys.stderr)
+            await asyncio.sleep(0.1)
+        else:
+            print(f"the page never showed {route} with {tunnels} tunnels: {shown}", file=sys.stderr)
             return 1
-        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json"))
-        page = next(t for t in targets if t["type"] == "page")
-        problems = []
-        async with websockets.connect(page["webSocketDebuggerUrl"], max_size=None) as cdp:
-            ids = iter(range(1, 1_000_000))
-
-            def note(msg):
-                method = msg.get("method", "")
-                params = msg.get("params", {})
-                if method == "Runtime.exceptionThrown":
-                    problems.append("exception: " + json.dumps(params.get("exceptionDetails", {}))[:300])
-                elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                    problems.append("console: " + json.dumps(params.get("args", []))[:300])
-                elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
-                    e = params["entry"]
-                    problems.append(f"log: {e.get('text')} {e.get('url', '')}")
-
-            async def call(method, **params):
-                i = next(ids)
-                await cdp.send(json.dumps({"id": i, "method": method, "params": params}))
-                while True:
-                    msg = json.loads(await cdp.recv())
-                    if msg.get("id") == i:
-                        return msg
-                    note(msg)
-
-            await call("Runtime.enable")
-            await call("Log.enable")
-            await call("Page.enable")
-            await call("Page.navigate", url=url)
-            shown = None
-            for _ in range(150):
-                r = await call("Runtime.evaluate", expression=ROW, returnByValue=True)
-                rows = r.get("result", {}).get("result", {}).get("value") or []
-                shown = next((row for row in rows if row and row[0] == route), None)
-                # Columns: name, match, upstream, tunnels open, ...; rates need two
-                # readings, so wait for a number there too.
-                if shown and shown[3] == tunnels and shown[11] != "–":
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                print(f"the page never showed {route} with {tunnels} tunnels: {shown}", file=sys.stderr)
-                return 1
-            # A last moment for late errors (the favicon request comes after load).
-            await asyncio.sleep(0.5)
-            await call("Runtime.evaluate", expression="1", returnByValue=True)
-            if shot:
-                r = await call("Page.captureScreenshot", format="png")
-                with open(shot, "wb") as f:
-                    f.write(base64.b64decode(r["result"]["data"]))
-            if problems:
-                print("the page logged errors:\n" + "\n".join(problems), file=sys.stderr)
-                return 1
-            print("page row: " + " | ".join(shown))
-            return 0
-    finally:
-        proc.kill()
-        proc.wait()
+        # A last moment for late errors (the favicon request comes after load).
+        await asyncio.sleep(0.5)
+        await page.evaluate("1")
+        if shot:
+            r = await page.call("Page.captureScreenshot", format="png")
+            with open(shot, "wb") as f:
+                f.write(base64.b64decode(r["result"]["data"]))
+        if problems:
+            print("the page logged errors:\n" + "\n".join(problems), file=sys.stderr)
+            return 1
+        print("page row: " + " | ".join(shown))
+        return 0
 
 
 if __name__ == "__main__":
