@@ -111,3 +111,43 @@ impl AsyncWrite for Stream {
         }
     }
 }
+
+/// Peeks at the start of what a client sent, without consuming it, until `decide`
+/// can tell from the bytes so far (it returns `None` while it needs more). Between
+/// peeks the socket's readiness is cleared, so a client that sends a little and
+/// stalls costs nothing until its next segment arrives. Fails when the client closes
+/// first; `decide` must decide by `max` bytes.
+pub async fn peek_until<T>(
+    stream: &TcpStream,
+    max: usize,
+    mut decide: impl FnMut(&[u8]) -> Option<T>,
+) -> io::Result<T> {
+    let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); max];
+    loop {
+        stream.readable().await?;
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            let n = socket2::SockRef::from(stream).peek(&mut buf)?;
+            // SAFETY: peek initialised the first `n` bytes. (socket2 peeks into
+            // uninitialised memory only; the allowance is for this line alone.)
+            #[allow(unsafe_code)]
+            let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+            if n == 0 {
+                return Ok(Err(io::Error::from(io::ErrorKind::UnexpectedEof)));
+            }
+            match decide(bytes) {
+                Some(t) => Ok(Ok(t)),
+                None if n >= max => Ok(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "undecided after the longest prefix looked at",
+                ))),
+                // Wait for more: a WouldBlock clears the readiness peek left set.
+                None => Err(io::ErrorKind::WouldBlock.into()),
+            }
+        });
+        match peeked {
+            Ok(result) => return result,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}

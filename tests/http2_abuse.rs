@@ -360,3 +360,37 @@ async fn a_client_with_a_one_byte_window_does_not_stop_others() {
     }
     drop(stuck);
 }
+
+#[tokio::test]
+async fn a_preface_in_pieces_is_still_http2_and_a_stalled_one_is_closed() {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let (addr, _) = mirror_backend().await;
+    let gw = h2c_gateway(addr, "[timeouts]\nrequest_header = \"1s\"\n").await;
+    // Three bytes at a time, with pauses: the listener waits for the whole preface
+    // before it chooses, and then answers as HTTP/2 (a SETTINGS frame first).
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    for piece in PREFACE.chunks(3) {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut head = [0u8; 9];
+    within("the server's SETTINGS", async {
+        use tokio::io::AsyncReadExt;
+        s.read_exact(&mut head).await
+    })
+    .await
+    .unwrap();
+    assert_eq!(head[3], 4, "the first frame is SETTINGS: {head:?}");
+    // Part of a preface, then nothing: closed when `request_header` ends, unanswered.
+    let mut stalled = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stalled.write_all(&PREFACE[..8]).await.unwrap();
+    let started = Instant::now();
+    let rest = read_to_eof(&mut stalled).await;
+    let took = started.elapsed();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+}

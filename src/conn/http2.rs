@@ -71,31 +71,20 @@ pub fn builder(http2: &Http2, limits: &Limits) -> Builder {
 
 /// On a plain listener that also takes HTTP/2, reads (without consuming) enough of
 /// what the client sent to tell the HTTP/2 preface from an HTTP/1.1 request. `None`
-/// when the client closed, failed, or sent nothing conclusive within `limit`.
+/// when the client closed, failed, or sent nothing conclusive within `limit`. A client
+/// that sends part of the preface and stalls costs nothing while it waits
+/// ([`crate::net::peek_until`]).
 pub async fn sniff_preface(stream: &TcpStream, limit: Duration) -> Option<Protocol> {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut buf = [0u8; PREFACE.len()];
-    loop {
-        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
+    let sniff = crate::net::peek_until(stream, PREFACE.len(), |bytes| {
+        if !PREFACE.starts_with(bytes) {
+            Some(Protocol::Http1)
+        } else if bytes.len() == PREFACE.len() {
+            Some(Protocol::H2)
+        } else {
+            None
         }
-        if !PREFACE.starts_with(&buf[..n]) {
-            return Some(Protocol::Http1);
-        }
-        if n == PREFACE.len() {
-            return Some(Protocol::H2);
-        }
-        // A part of the preface so far (a client writing it byte by byte): peeking
-        // again at once would find the same bytes, so wait a moment for the rest.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-    }
+    });
+    tokio::time::timeout(limit, sniff).await.ok()?.ok()
 }
 
 /// How long an HTTP/2 connection may go without a stream open.

@@ -4,16 +4,15 @@
 //!
 //! The header is peeked at until it is whole and only then consumed, so that not a
 //! byte of what follows (a TLS ClientHello, a request) is read with it: the stream
-//! goes on to TLS, HTTP and the tunnel's splice as a plain socket. While the header is
-//! incomplete the socket's readiness is cleared, so the wait costs nothing until the
-//! next segment arrives. Parsing is the `ppp` crate's.
+//! goes on to TLS, HTTP and the tunnel's splice as a plain socket
+//! ([`crate::net::peek_until`]: a stalled header costs nothing while it waits).
+//! Parsing is the `ppp` crate's.
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 
 use ppp::{PartialResult, v1, v2};
-use tokio::io::{AsyncReadExt, Interest};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// The longest header taken. A v1 line is at most 107 bytes (the specification's
@@ -58,29 +57,16 @@ pub struct Parsed {
 
 /// Reads a PROXY header from the start of `stream` and consumes exactly it.
 pub async fn read(stream: &mut TcpStream) -> Result<Parsed, HeaderError> {
-    let mut buf = vec![MaybeUninit::<u8>::uninit(); MAX_HEADER];
-    let parsed = loop {
-        stream.readable().await.map_err(HeaderError::Io)?;
-        let peeked = stream.try_io(Interest::READABLE, || {
-            let n = socket2::SockRef::from(&*stream).peek(&mut buf)?;
-            // SAFETY: peek initialised the first `n` bytes. (socket2 peeks into
-            // uninitialised memory only; the allowance is for this line alone.)
-            #[allow(unsafe_code)]
-            let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
-            match parse(bytes) {
-                // Wait for more: a WouldBlock clears the readiness peek left set.
-                Ok(None) if n > 0 => Err(io::ErrorKind::WouldBlock.into()),
-                Ok(None) => Ok(Err(HeaderError::Closed)),
-                Ok(Some(p)) => Ok(Ok(p)),
-                Err(e) => Ok(Err(e)),
-            }
-        });
-        match peeked {
-            Ok(result) => break result?,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(HeaderError::Io(e)),
-        }
-    };
+    let parsed = crate::net::peek_until(stream, MAX_HEADER, |bytes| match parse(bytes) {
+        Ok(None) => None,
+        Ok(Some(p)) => Some(Ok(p)),
+        Err(e) => Some(Err(e)),
+    })
+    .await
+    .map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => HeaderError::Closed,
+        _ => HeaderError::Io(e),
+    })??;
     let mut header = [0u8; MAX_HEADER];
     stream
         .read_exact(&mut header[..parsed.len])
