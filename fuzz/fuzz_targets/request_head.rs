@@ -198,7 +198,18 @@ fn rewrite(req: Request<()>, host: Option<HeaderValue>, upgrade: Upgrade) {
         "::ffff:192.0.2.1".parse().unwrap(),
         parts.version == Version::HTTP_2,
     );
-    headers::set_forwarded(&mut parts.headers, &fwd, host.as_ref());
+    // From a peer that is not trusted, the chain is replaced by the peer alone.
+    let mut untrusted = parts.headers.clone();
+    headers::set_forwarded(&mut untrusted, &fwd, host.as_ref(), false);
+    let alone: Vec<&[u8]> = untrusted
+        .get_all(&headers::X_FORWARDED_FOR)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    assert_eq!(alone, [&b"192.0.2.1"[..]]);
+    assert!(!untrusted.contains_key(header::FORWARDED));
+    // From a trusted one, it is appended to.
+    headers::set_forwarded(&mut parts.headers, &fwd, host.as_ref(), true);
     let xff: Vec<_> = parts
         .headers
         .get_all(&headers::X_FORWARDED_FOR)

@@ -35,6 +35,7 @@ fn shared() -> &'static (Arc<Upstream>, Arc<RouteMetrics>) {
             servers: Servers::Addresses(Vec::new()),
             keepalive: 0,
             protocol: Default::default(),
+            send_proxy_protocol: None,
             tls: None,
             balance: Balance::RoundRobin,
             max_connections_per_server: None,
