@@ -8,6 +8,7 @@ pub mod netns;
 pub mod pki;
 pub mod process;
 pub mod proxy;
+pub mod relay;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
