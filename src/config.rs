@@ -130,6 +130,8 @@ pub(crate) struct File {
     #[serde(default)]
     pub http2: Http2File,
     #[serde(default)]
+    pub websocket: WebSocketFile,
+    #[serde(default)]
     pub log: LogFile,
     #[serde(default)]
     pub runtime: RuntimeFile,
@@ -181,6 +183,20 @@ pub(crate) struct Http2File {
     pub keepalive_timeout: Option<Spanned<String>>,
     pub stream_window: Option<Spanned<i64>>,
     pub connection_window: Option<Spanned<i64>>,
+}
+
+/// `[websocket]`, and a route's `websocket = { ... }`, which overrides it key by key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WebSocketFile {
+    pub close_code: Option<Spanned<i64>>,
+    pub close_timeout: Option<Spanned<String>>,
+    /// A duration, or "off".
+    pub ping_interval: Option<Spanned<String>>,
+    pub ping_timeout: Option<Spanned<String>>,
+    pub max_message_bytes: Option<Spanned<i64>>,
+    pub max_frame_bytes: Option<Spanned<i64>>,
+    pub max_messages_per_second: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,6 +263,7 @@ pub(crate) struct RouteFile {
     pub upstream: Spanned<String>,
     pub subprotocol: Option<Spanned<String>>,
     pub allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
+    pub websocket: Option<Spanned<WebSocketFile>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -300,3 +300,166 @@ fn a_trusted_proxy_that_is_not_an_address_is_named() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_close_code_that_is_never_sent_is_named_with_its_position() {
+    let toml = format!(
+        "[websocket]\nclose_code = 1006\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n{GOOD_TAIL}"
+    );
+    assert_eq!(
+        problems(&toml),
+        "bad.toml:2:14: websocket.close_code = 1006 is never sent on the wire (1005, 1006 and 1015 only report a Close without a code, a connection lost without a Close, and a failed TLS handshake): use 1000, 1001, 1008, 1011, 1012, 1013, 1014, or one from 3000 to 4999"
+    );
+}
+
+#[test]
+fn unknown_websocket_keys_are_named_in_the_table_and_on_a_route() {
+    let toml = format!(
+        "[websocket]\nclose_timeout = \"5s\"\nping_every = \"30s\"\n[[listeners]]\nlisten = \"127.0.0.1:0\"\n{GOOD_TAIL}"
+    );
+    let msg = problems(&toml);
+    assert!(
+        msg.starts_with("bad.toml:3:1: unknown field `ping_every`, expected one of `close_code`"),
+        "{msg}"
+    );
+
+    let toml = "[[listeners]]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nupstream = \"b\"\nwebsocket = { max_message_size = 1024 }\n[upstreams.b]\nservers = [\"127.0.0.1:9001\"]\n";
+    let msg = problems(toml);
+    assert!(
+        msg.starts_with("bad.toml:5:15: unknown field `max_message_size`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_route_websocket_override_is_checked_and_named_by_route() {
+    let toml = r#"
+[[listeners]]
+listen = "127.0.0.1:0"
+
+[[routes]]
+path = "/"
+upstream = "b"
+
+[[routes]]
+path = "/ws"
+upstream = "b"
+websocket = { close_code = 999, ping_interval = "100ms" }
+
+[upstreams.b]
+servers = ["127.0.0.1:9001"]
+"#;
+    let msg = problems(toml);
+    assert_eq!(
+        msg,
+        "bad.toml:12:28: route 2: websocket.close_code = 999 is not a Close code a proxy may send: use 1000, 1001, 1008, 1011, 1012, 1013, 1014, or one from 3000 to 4999\n\
+         bad.toml:12:49: route 2: websocket.ping_interval = \"100ms\" is too short: it must be at least 1s"
+    );
+}
+
+#[test]
+fn websocket_problems_are_reported_with_the_rest() {
+    let toml = r#"
+[limits]
+max_connections = 0
+
+[websocket]
+close_code = 1002
+close_timeout = "2h"
+ping_interval = "never"
+ping_timeout = "0s"
+max_message_bytes = 0
+max_frame_bytes = -1
+max_messages_per_second = 0.0
+
+[[listeners]]
+listen = "127.0.0.1:0"
+
+[[routes]]
+path = "ws"
+upstream = "b"
+websocket = { close_timeout = "50ms", max_messages_per_second = inf }
+
+[upstreams.b]
+servers = ["127.0.0.1:9001"]
+"#;
+    let msg = problems(toml);
+    let expected = [
+        "bad.toml:3:19: limits.max_connections = 0 is out of range",
+        "bad.toml:6:14: websocket.close_code = 1002 is not a Close code a proxy may send",
+        "bad.toml:7:17: websocket.close_timeout = \"2h\" is out of range: it must be from 100ms to 1h",
+        "bad.toml:8:17: websocket.ping_interval = \"never\" is not a duration",
+        "bad.toml:9:16: websocket.ping_timeout must be longer than zero",
+        "bad.toml:10:21: websocket.max_message_bytes = 0 is out of range: it must be from 1 to 9007199254740992",
+        "bad.toml:11:19: websocket.max_frame_bytes = -1 is out of range",
+        "bad.toml:12:27: websocket.max_messages_per_second = 0 must be above 0",
+        "bad.toml:18:8: route path \"ws\" must start with `/`",
+        "bad.toml:20:31: route 1: websocket.close_timeout = \"50ms\" is out of range",
+        "bad.toml:20:65: route 1: websocket.max_messages_per_second = inf must be above 0",
+    ];
+    for e in expected {
+        assert!(msg.contains(e), "missing:\n  {e}\nin:\n{msg}");
+    }
+    assert_eq!(msg.lines().count(), expected.len(), "{msg}");
+}
+
+#[test]
+fn a_route_websocket_table_overlays_the_file_wide_one_key_by_key() {
+    use sluice::config::WebSocket;
+    use std::time::Duration;
+
+    let toml = r#"
+[websocket]
+close_code = 1012
+ping_interval = "30s"
+
+[[listeners]]
+listen = "127.0.0.1:0"
+
+[[routes]]
+path = "/"
+upstream = "b"
+
+[[routes]]
+path = "/big"
+upstream = "b"
+websocket = { max_message_bytes = 1048576, close_code = 4000 }
+
+[[routes]]
+path = "/quiet"
+upstream = "b"
+websocket = { ping_interval = "off" }
+
+[upstreams.b]
+servers = ["127.0.0.1:9001"]
+"#;
+    let s = sluice::config::parse(toml, Path::new("ok.toml")).unwrap();
+    let table = WebSocket {
+        close_code: 1012,
+        ping_interval: Some(Duration::from_secs(30)),
+        ..WebSocket::default()
+    };
+    assert_eq!(s.websocket, table);
+    let route = |path: &str| s.routes.iter().find(|r| r.path == path).unwrap().websocket;
+    assert_eq!(route("/"), table);
+    assert_eq!(
+        route("/big"),
+        WebSocket {
+            close_code: 4000,
+            max_message_bytes: Some(1_048_576),
+            ..table
+        }
+    );
+    assert_eq!(
+        route("/quiet"),
+        WebSocket {
+            ping_interval: None,
+            ..table
+        }
+    );
+    // Untouched keys keep their defaults.
+    assert_eq!(table.close_timeout, Duration::from_secs(5));
+    assert_eq!(table.ping_timeout, Duration::from_secs(10));
+    assert_eq!(table.max_frame_bytes, None);
+    assert_eq!(table.max_messages_per_second, None);
+}

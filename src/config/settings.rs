@@ -19,6 +19,10 @@ pub struct Settings {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub http2: Http2,
+    /// The `[websocket]` table: what every route's tunnels do where the route sets
+    /// nothing of its own (each route has the overlaid result in
+    /// [`RouteSettings::websocket`]).
+    pub websocket: WebSocket,
     pub log: LogSettings,
     /// Worker threads for the runtime; `None` means one per core.
     pub workers: Option<usize>,
@@ -117,6 +121,50 @@ impl Default for Http2 {
     }
 }
 
+/// How a route's tunnels treat WebSocket frames (`[websocket]`, overridden per route by
+/// `websocket = { ... }`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WebSocket {
+    /// The Close code sluice sends both peers when it ends a tunnel itself (drain, a
+    /// removed server, `max_tunnel_lifetime`, a liveness timeout). Default 1001 (Going
+    /// Away), which tells a client the server side is leaving and a reconnect may work.
+    pub close_code: u16,
+    /// How long sluice waits for the peers' Close replies before closing TCP. Default
+    /// 5s: a peer answers a Close at once unless it is gone, and a gone peer should not
+    /// hold a drain open.
+    pub close_timeout: Duration,
+    /// sluice Pings a side that has sent nothing for this long; `None` = off (default),
+    /// since most applications ping for themselves and `[tcp]` keepalive already finds
+    /// dead hosts.
+    pub ping_interval: Option<Duration>,
+    /// A side that does not answer sluice's Ping within this ends the tunnel. Default
+    /// 10s, as for HTTP/2 PINGs (`[http2] keepalive_timeout`).
+    pub ping_timeout: Duration,
+    /// A message larger than this is refused with Close 1009; `None` = no limit
+    /// (default): sluice relays frames as they come and never holds a whole message.
+    pub max_message_bytes: Option<u64>,
+    /// A frame larger than this is refused with Close 1009; `None` = no limit (default).
+    pub max_frame_bytes: Option<u64>,
+    /// Messages per second per tunnel per direction, as a token bucket with a burst of
+    /// max(rate, 1), so a second's worth may arrive at once; beyond, Close 1008;
+    /// `None` = off (default).
+    pub max_messages_per_second: Option<f64>,
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        WebSocket {
+            close_code: 1001,
+            close_timeout: Duration::from_secs(5),
+            ping_interval: None,
+            ping_timeout: Duration::from_secs(10),
+            max_message_bytes: None,
+            max_frame_bytes: None,
+            max_messages_per_second: None,
+        }
+    }
+}
+
 /// TCP settings for both legs of every connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tcp {
@@ -200,7 +248,8 @@ pub struct ListenerSettings {
 }
 
 /// One route: which requests go to which upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+// Not `Eq`: `websocket` holds a rate (f64).
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteSettings {
     /// The metrics and log label.
     pub name: String,
@@ -214,6 +263,9 @@ pub struct RouteSettings {
     pub subprotocol: Option<String>,
     /// Origins allowed to open WebSockets on this route; empty means any.
     pub allowed_origins: Vec<String>,
+    /// How this route's tunnels treat frames: the `[websocket]` table's values with the
+    /// route's own `websocket = { ... }` keys laid over them, key by key.
+    pub websocket: WebSocket,
 }
 
 /// One upstream: a named group of servers.

@@ -2,6 +2,7 @@
 
 mod tls;
 mod upstreams;
+mod websocket;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -45,6 +46,7 @@ pub(super) fn settings(file: File, text: &str, base: &Path) -> Result<Settings, 
     let timeouts = v.timeouts(&file.timeouts);
     let limits = v.limits(&file.limits);
     let http2 = v.http2(&file.http2);
+    let websocket = v.websocket(&file.websocket);
     let log = v.log(&file.log);
     let workers = file
         .runtime
@@ -54,7 +56,7 @@ pub(super) fn settings(file: File, text: &str, base: &Path) -> Result<Settings, 
     let tcp = v.tcp(&file.tcp);
     let upstreams = v.upstreams(&file.upstreams);
     let listeners = v.listeners(&file.listeners, admin);
-    let routes = v.routes(&file.routes, &file.upstreams);
+    let routes = v.routes(&file.routes, &file.upstreams, websocket);
 
     // In file order, so the list reads top to bottom; problems of the file as a whole
     // (no listeners, no routes) first.
@@ -66,6 +68,7 @@ pub(super) fn settings(file: File, text: &str, base: &Path) -> Result<Settings, 
             timeouts,
             limits,
             http2,
+            websocket,
             log,
             workers,
             tcp,
@@ -457,6 +460,7 @@ impl Validator<'_> {
         &mut self,
         routes: &[Spanned<RouteFile>],
         upstreams: &std::collections::BTreeMap<Spanned<String>, Spanned<UpstreamFile>>,
+        websocket_table: WebSocket,
     ) -> Vec<RouteSettings> {
         if routes.is_empty() {
             self.error_nowhere(
@@ -470,6 +474,8 @@ impl Validator<'_> {
         let mut out = Vec::new();
         for (i, r) in routes.iter().enumerate() {
             let r = r.get_ref();
+            // First, so its problems are reported even when the route's others skip it.
+            let websocket = self.route_websocket(i + 1, r.websocket.as_ref(), websocket_table);
             let upstream_name = r.upstream.get_ref();
             let upstream = names.iter().position(|n| n == upstream_name);
             if upstream.is_none() {
@@ -557,6 +563,7 @@ impl Validator<'_> {
                     upstream,
                     subprotocol,
                     allowed_origins,
+                    websocket,
                 });
             }
         }
