@@ -138,6 +138,7 @@ fn bench(c: &mut Criterion) {
                     origins: None,
                     upstream: upstream(&m, &name),
                     metrics: Arc::new(m.route(&name)),
+                    websocket: Default::default(),
                 },
             );
         }

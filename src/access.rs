@@ -67,11 +67,16 @@ impl Entry {
     }
 
     /// Writes the line for a finished tunnel: its bytes each way and why it ended.
-    pub fn finish_tunnel(self, client_to_upstream: u64, upstream_to_client: u64, end: &str) {
-        self.write("tunnel", client_to_upstream, upstream_to_client, Some(end));
+    pub fn finish_tunnel(self, t: TunnelEnd<'_>) {
+        self.write(
+            "tunnel",
+            t.client_to_upstream,
+            t.upstream_to_client,
+            Some(&t),
+        );
     }
 
-    fn write(&self, kind: &str, bytes_in: u64, bytes_out: u64, end: Option<&str>) {
+    fn write(&self, kind: &str, bytes_in: u64, bytes_out: u64, t: Option<&TunnelEnd<'_>>) {
         tracing::info!(
             target: "access",
             kind,
@@ -88,10 +93,27 @@ impl Entry {
             grpc_status = self.grpc_status,
             bytes_in,
             bytes_out,
-            end,
+            end = t.map(|t| t.end),
+            close_code = t.and_then(|t| t.close.map(|c| c.0)),
+            close_from = t.and_then(|t| t.close.map(|c| c.1)),
+            messages_in = t.and_then(|t| t.messages.map(|m| m[0])),
+            messages_out = t.and_then(|t| t.messages.map(|m| m[1])),
             // Whole microseconds, so that the figure prints short (5.538, not
             // 5.538012999999999).
             duration_ms = self.started.elapsed().as_micros() as f64 / 1000.0,
         );
     }
+}
+
+/// How a tunnel ended, for its access line.
+pub struct TunnelEnd<'a> {
+    pub client_to_upstream: u64,
+    pub upstream_to_client: u64,
+    /// Why it ended.
+    pub end: &'a str,
+    /// With frame tracking: the first Close's code and sender (client, upstream,
+    /// sluice), when there was one.
+    pub close: Option<(u16, &'static str)>,
+    /// With frame tracking: messages client to upstream (`messages_in`) and back.
+    pub messages: Option<[u64; 2]>,
 }

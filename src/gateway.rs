@@ -494,7 +494,7 @@ async fn build_state(
                     None => {
                         let ending = endings
                             .entry(spec.name.as_str().into())
-                            .or_insert_with(|| shutdown.stop_token().child_token())
+                            .or_insert_with(|| shutdown.drain_token().child_token())
                             .clone();
                         Arc::new(Server::new(
                             spec,
@@ -540,6 +540,7 @@ async fn build_state(
                 origins,
                 upstream: upstreams[r.upstream].clone(),
                 metrics: Arc::new(metrics.route(&r.name)),
+                websocket: r.websocket,
             },
         );
     }

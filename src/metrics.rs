@@ -5,6 +5,8 @@
 //! so the number of series stays bounded. On the hot path a handle is an `Arc` to an
 //! atomic: updating it takes no lock and allocates nothing (see `benches/metrics.rs`).
 
+pub mod websocket;
+
 use std::sync::{Arc, OnceLock};
 
 use crate::limits::Refusal;
@@ -48,6 +50,7 @@ pub struct Metrics {
     reloads: IntCounterVec,
     config_info: IntGaugeVec,
     config_loaded: IntGauge,
+    websocket: websocket::Families,
 }
 
 // Latency buckets in seconds, from a loopback hop (100 µs) to a slow backend (30 s).
@@ -210,6 +213,7 @@ impl Metrics {
                 &["upstream"],
                 LATENCY_BUCKETS
             ),
+            websocket: websocket::Families::new(&registry),
             registry: registry.clone(),
         };
         for result in ["ok", "error"] {
@@ -292,6 +296,7 @@ impl Metrics {
                 .with_label_values(&[name, "max_connections_per_server"]),
             http_requests: self.http_requests.clone(),
             by_status: Box::new([const { OnceLock::new() }; STATUS_SLOTS]),
+            websocket: Arc::new(self.websocket.route(name)),
             grpc: Arc::new(GrpcStatuses {
                 route: name.to_owned(),
                 responses: self.grpc_responses.clone(),
@@ -421,6 +426,8 @@ pub struct RouteMetrics {
     http_requests: IntCounterVec,
     /// gRPC statuses, counted where they are seen.
     pub grpc: Arc<GrpcStatuses>,
+    /// Frames, messages and Closes of the route's tunnels.
+    pub websocket: Arc<websocket::WsMetrics>,
     // The status label is bounded (100..=599) but too wide to create up front: each
     // slot is filled on first use, after which a request costs one atomic load and one
     // atomic add.

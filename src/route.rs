@@ -19,6 +19,8 @@ pub struct Route {
     pub origins: Option<OriginPolicy>,
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<RouteMetrics>,
+    /// How the route's tunnels treat WebSocket frames.
+    pub websocket: crate::config::WebSocket,
 }
 
 /// Routes by host, then any-host routes; each list longest prefix first.
@@ -155,6 +157,7 @@ mod tests {
                     origins: None,
                     upstream,
                     metrics: Arc::new(m.route(name)),
+                    websocket: Default::default(),
                 },
             );
         }

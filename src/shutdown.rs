@@ -43,6 +43,12 @@ impl Shutdown {
         self.drain.is_cancelled()
     }
 
+    /// The token cancelled when draining begins, for what watches it without an
+    /// `async` wait (each server's own child token, which its tunnels watch).
+    pub fn drain_token(&self) -> &CancellationToken {
+        &self.drain
+    }
+
     /// Resolves once the drain period is over: whatever still runs must end now.
     pub async fn stopped(&self) {
         self.stop.cancelled().await

@@ -13,15 +13,22 @@
 //! space; otherwise [`copy`] reads into a per-thread scratch buffer. Either way an
 //! idle tunnel holds no buffer and no pipe: its memory is its two sockets and this
 //! state.
+//!
+//! Both transfers can track WebSocket frames ([`ws`]): then a tunnel that sluice ends
+//! itself (drain, a removed server, the lifetime limit, a peer breaking the framing
+//! rules or a limit) ends with a Close to each peer at a frame boundary, and a wait of
+//! up to `close_timeout` for their replies, instead of a TCP cut.
 
 pub mod copy;
 pub mod frames;
+mod leg;
 #[cfg(target_os = "linux")]
 pub mod splice;
+pub mod ws;
 
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,6 +37,10 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use self::frames::{Sender, Violation};
+pub use self::leg::{Io, Leg};
+use crate::metrics::websocket::{From, WsDirMetrics, WsMetrics};
 
 /// Why a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +61,10 @@ pub enum End {
     ClientError,
     /// A read or write failed on the upstream's side.
     UpstreamError,
+    /// The client's frames broke the framing rules or a limit.
+    ClientViolation,
+    /// The upstream's frames broke the framing rules or a limit.
+    UpstreamViolation,
 }
 
 impl End {
@@ -64,6 +79,17 @@ impl End {
             End::ServerRemoved => "server_removed",
             End::ClientError => "client_error",
             End::UpstreamError => "upstream_error",
+            End::ClientViolation => "client_violation",
+            End::UpstreamViolation => "upstream_violation",
+        }
+    }
+
+    /// Who ended the tunnel, for a tunnel that ended without any Close.
+    pub fn by(self) -> From {
+        match self {
+            End::ClientClosed | End::ClientError | End::ClientViolation => From::Client,
+            End::UpstreamClosed | End::UpstreamError | End::UpstreamViolation => From::Upstream,
+            _ => From::Sluice,
         }
     }
 }
@@ -74,6 +100,10 @@ pub struct Report {
     pub end: End,
     pub client_to_upstream: u64,
     pub upstream_to_client: u64,
+    /// The first Close: its code and who sent it (with frame tracking).
+    pub close: Option<(u16, From)>,
+    /// Messages each way, client to upstream first (with frame tracking).
+    pub messages: [u64; 2],
 }
 
 /// How long a tunnel may go without moving a byte.
@@ -85,24 +115,54 @@ pub struct Timers {
     pub half_closed: Duration,
 }
 
-/// Live byte counters for the two directions.
+/// Live byte counters for the two directions, and the route's frame metrics when
+/// frames are tracked.
 pub struct Counters {
     pub client_to_upstream: IntCounter,
     pub upstream_to_client: IntCounter,
+    pub ws: Option<Arc<WsMetrics>>,
 }
 
 /// What ends a tunnel besides its peers and its timers.
 pub struct Stops {
-    /// Cancelled when the tunnel must end: by shutdown's end of drain (`drain`), or by
-    /// its server leaving the configuration (a child of `drain`).
+    /// Cancelled when the tunnel must begin to end: when shutdown's drain begins, or
+    /// when its server leaves the configuration (a child of `draining`).
     pub token: CancellationToken,
-    /// Shutdown's own token, to tell the two apart.
+    /// Cancelled when the drain begins.
+    pub draining: CancellationToken,
+    /// Cancelled when the drain period is over: what still runs is cut.
     pub drain: CancellationToken,
-    /// When the server leaves, the tunnel closes at a random moment within this, so
-    /// that its clients do not all reconnect at once.
+    /// The drain period. A removed server's tunnels end at random moments within it,
+    /// and a draining gateway's within its first half, so that their clients do not
+    /// all reconnect at once.
     pub spread: Duration,
     /// `max_tunnel_lifetime`.
     pub lifetime: Option<Duration>,
+}
+
+/// WebSocket frame tracking for a tunnel.
+#[derive(Debug, Clone, Copy)]
+pub struct WsSetup {
+    pub frames: ws::Setup,
+    /// How long to wait for the peers' Closes once sluice sent its own.
+    pub close_timeout: Duration,
+}
+
+/// Whether tunnels track WebSocket frames; `SLUICE_WS_FRAMES=0` makes them opaque,
+/// to compare the cost.
+pub fn frames_enabled() -> bool {
+    static ON: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| std::env::var("SLUICE_WS_FRAMES").map_or(true, |v| v != "0"));
+    *ON
+}
+
+impl WsSetup {
+    fn tracks(&self) -> [ws::Track; 2] {
+        [
+            ws::Track::new(Sender::Client, &self.frames),
+            ws::Track::new(Sender::Server, &self.frames),
+        ]
+    }
 }
 
 /// Splices two async streams until the tunnel ends (see the module docs).
@@ -112,16 +172,20 @@ pub fn run<C, U>(
     timers: Timers,
     counters: Counters,
     stops: Stops,
+    ws: Option<WsSetup>,
 ) -> Tunnel<copy::Copy<C, U>>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    let ws = ws.filter(|_| counters.ws.is_some());
+    let tracks = ws.map(|w| w.tracks());
     Tunnel::new(
-        copy::Copy::new(client, upstream, Bytes::new(), Bytes::new()),
+        copy::Copy::new(client, upstream, Bytes::new(), Bytes::new(), tracks),
         timers,
         counters,
         stops,
+        ws,
     )
 }
 
@@ -135,6 +199,7 @@ pub fn run_upgraded(
     timers: Timers,
     counters: Counters,
     stops: Stops,
+    ws: Option<WsSetup>,
 ) -> Tunnel<Transfers> {
     let (client, to_upstream) = Leg::client(client);
     let (upstream, to_client) = Leg::upstream(upstream);
@@ -142,14 +207,16 @@ pub fn run_upgraded(
     // count the same (the transfers start their totals with them).
     counters.client_to_upstream.inc_by(to_upstream.len() as u64);
     counters.upstream_to_client.inc_by(to_client.len() as u64);
+    let ws = ws.filter(|_| counters.ws.is_some());
+    let tracks = ws.map(|w| w.tracks());
     let transfer = match (client, upstream) {
         #[cfg(target_os = "linux")]
         (Leg::Tcp(c), Leg::Tcp(u)) if splice::enabled() => {
-            Transfers::Sockets(splice::Sockets::new(c, u, to_upstream, to_client))
+            Transfers::Sockets(splice::Sockets::new(c, u, to_upstream, to_client, tracks))
         }
-        (c, u) => Transfers::Copy(copy::Copy::new(c, u, to_upstream, to_client)),
+        (c, u) => Transfers::Copy(copy::Copy::new(c, u, to_upstream, to_client, tracks)),
     };
-    Tunnel::new(transfer, timers, counters, stops)
+    Tunnel::new(transfer, timers, counters, stops, ws)
 }
 
 /// The transfers a tunnel between upgraded connections can use.
@@ -164,13 +231,12 @@ impl Transfer for Transfers {
         &mut self,
         dir: Dir,
         cx: &mut Context<'_>,
-        counter: &IntCounter,
-        moved: &mut bool,
+        step: &mut Step<'_>,
     ) -> Poll<Result<(), Side>> {
         match self {
             #[cfg(target_os = "linux")]
-            Transfers::Sockets(t) => t.poll_dir(dir, cx, counter, moved),
-            Transfers::Copy(t) => t.poll_dir(dir, cx, counter, moved),
+            Transfers::Sockets(t) => t.poll_dir(dir, cx, step),
+            Transfers::Copy(t) => t.poll_dir(dir, cx, step),
         }
     }
 
@@ -189,6 +255,14 @@ impl Transfer for Transfers {
             Transfers::Copy(t) => t.total(dir),
         }
     }
+
+    fn track(&mut self, dir: Dir) -> Option<&mut ws::Track> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Transfers::Sockets(t) => t.track(dir),
+            Transfers::Copy(t) => t.track(dir),
+        }
+    }
 }
 
 /// A direction: client to upstream, or back.
@@ -204,38 +278,64 @@ pub enum Side {
     Writer,
 }
 
+/// What one poll of a direction reports beside its result.
+pub struct Step<'a> {
+    /// The direction's byte counter.
+    pub counter: &'a IntCounter,
+    /// The route's frame metrics and the direction's, when frames are tracked.
+    ws: Option<(&'a WsMetrics, &'a WsDirMetrics)>,
+    /// Bytes moved.
+    pub moved: bool,
+    /// The reader broke the framing rules or a limit.
+    pub violation: Option<Violation>,
+}
+
+impl<'a> Step<'a> {
+    fn new(counter: &'a IntCounter, ws: Option<&'a WsMetrics>, dir: Dir) -> Step<'a> {
+        Step {
+            counter,
+            ws: ws.map(|m| (m, if dir == Dir::Up { &m.up } else { &m.down })),
+            moved: false,
+            violation: None,
+        }
+    }
+
+    /// The route's frame metrics; a tracked direction always has them.
+    pub fn ws_route(&self) -> &'a WsMetrics {
+        self.ws.expect("tracked tunnels have frame metrics").0
+    }
+
+    /// The direction's frame metrics.
+    pub fn ws_dir(&self) -> &'a WsDirMetrics {
+        self.ws.expect("tracked tunnels have frame metrics").1
+    }
+}
+
 /// How bytes move between the two legs, one direction at a time.
 pub trait Transfer: Unpin {
     /// Moves bytes one way until a side would block (`Pending`), the direction is
     /// finished, its writer shut down after end of stream (`Ready(Ok)`), or a side
-    /// fails. Sets `moved` when bytes moved.
+    /// fails. Reports what moved in `step`.
     fn poll_dir(
         &mut self,
         dir: Dir,
         cx: &mut Context<'_>,
-        counter: &IntCounter,
-        moved: &mut bool,
+        step: &mut Step<'_>,
     ) -> Poll<Result<(), Side>>;
     /// Whether the direction's reader reached end of stream.
     fn eof(&self, dir: Dir) -> bool;
     /// Bytes moved that way so far.
     fn total(&self, dir: Dir) -> u64;
-
-    /// The tunnel's report, ending for `end` with what moved so far.
-    fn report(&self, end: End) -> Report {
-        Report {
-            end,
-            client_to_upstream: self.total(Dir::Up),
-            upstream_to_client: self.total(Dir::Down),
-        }
-    }
+    /// The direction's frame tracking, when on.
+    fn track(&mut self, dir: Dir) -> Option<&mut ws::Track>;
 }
 
 pin_project_lite::pin_project! {
     /// A running tunnel: the lifecycle common to every transfer (both directions,
-    /// half-close, the idle timers, the stops). One hand-written future rather than
-    /// nested `async` blocks: an idle tunnel's memory is mostly this future, and
-    /// nested state machines keep copies of what they pass down.
+    /// half-close, the idle timers, the stops, the closing handshake). One
+    /// hand-written future rather than nested `async` blocks: an idle tunnel's memory
+    /// is mostly this future, and nested state machines keep copies of what they pass
+    /// down.
     pub struct Tunnel<T> {
         transfer: T,
         done: [bool; 2],
@@ -244,7 +344,9 @@ pin_project_lite::pin_project! {
         // The inactivity limit now in force: `idle`, then `half_closed`.
         limit: Duration,
         last_activity: Instant,
-        // A hard end (lifetime, or a removed server's turn) and why.
+        // A hard end (lifetime, or a removed server's turn) and why. With frame
+        // tracking it is when the closing handshake begins, and once it has begun,
+        // when the tunnel is cut if the peers have not answered.
         hard: Option<(Instant, End)>,
         // One timer for all of them. It is moved only when it fires, from
         // `last_activity`: moving it on every read would cost a timer-wheel update per
@@ -252,8 +354,14 @@ pin_project_lite::pin_project! {
         #[pin]
         timer: Sleep,
         counters: Counters,
+        draining: CancellationToken,
         drain: CancellationToken,
         spread: Duration,
+        // `close_timeout` when frames are tracked.
+        close_timeout: Option<Duration>,
+        // Why sluice is ending the tunnel, once its closing handshake has begun.
+        closing: Option<End>,
+        first_close: Option<(u16, From)>,
         #[pin]
         stop: WaitForCancellationFutureOwned,
         stopped: bool,
@@ -261,7 +369,13 @@ pin_project_lite::pin_project! {
 }
 
 impl<T: Transfer> Tunnel<T> {
-    fn new(transfer: T, timers: Timers, counters: Counters, stops: Stops) -> Tunnel<T> {
+    fn new(
+        transfer: T,
+        timers: Timers,
+        counters: Counters,
+        stops: Stops,
+        ws: Option<WsSetup>,
+    ) -> Tunnel<T> {
         let now = Instant::now();
         let hard = stops.lifetime.map(|l| (now + l, End::MaxLifetime));
         Tunnel {
@@ -274,11 +388,27 @@ impl<T: Transfer> Tunnel<T> {
             hard,
             timer: tokio::time::sleep_until(wake_at(now + timers.idle, hard)),
             counters,
+            draining: stops.draining,
             drain: stops.drain,
             spread: stops.spread,
+            close_timeout: ws.map(|w| w.close_timeout),
+            closing: None,
+            first_close: None,
             stop: stops.token.cancelled_owned(),
             stopped: false,
         }
+    }
+}
+
+/// The tunnel's report, ending for `end` with what moved so far.
+fn report<T: Transfer>(transfer: &mut T, end: End, close: Option<(u16, From)>) -> Report {
+    let messages = [Dir::Up, Dir::Down].map(|d| transfer.track(d).map_or(0, |t| t.messages));
+    Report {
+        end,
+        client_to_upstream: transfer.total(Dir::Up),
+        upstream_to_client: transfer.total(Dir::Down),
+        close,
+        messages,
     }
 }
 
@@ -290,18 +420,35 @@ impl<T: Transfer> Future for Tunnel<T> {
         if !*this.stopped && this.stop.as_mut().poll(cx).is_ready() {
             *this.stopped = true;
             if this.drain.is_cancelled() {
-                return Poll::Ready(this.transfer.report(End::Drain));
+                return Poll::Ready(report(this.transfer, End::Drain, *this.first_close));
             }
-            // The server was removed: close at a random moment within the spread.
-            let at = Instant::now() + this.spread.mul_f64(fastrand::f64());
+            // Draining, or the server was removed: end at a random moment within the
+            // spread, so that clients reconnect elsewhere a few at a time.
+            let now = Instant::now();
+            let spread = *this.spread;
+            let (at, end) = match (this.draining.is_cancelled(), *this.close_timeout) {
+                // With frames tracked, the Closes go out within the drain's first
+                // half, leaving each closing handshake its time, and the handshake is
+                // cut when the drain ends.
+                (true, Some(close)) => {
+                    let window = (spread / 2).min(spread.saturating_sub(close));
+                    let wait = window.mul_f64(fastrand::f64());
+                    *this.close_timeout = Some(close.min(spread - wait));
+                    (now + wait, End::Drain)
+                }
+                // Opaque tunnels cannot be closed cleanly: they run to the drain's end.
+                (true, None) => (now + spread, End::Drain),
+                (false, _) => (now + spread.mul_f64(fastrand::f64()), End::ServerRemoved),
+            };
             if this.hard.is_none_or(|(h, _)| at < h) {
-                *this.hard = Some((at, End::ServerRemoved));
+                *this.hard = Some((at, end));
                 let idle_at = *this.last_activity + *this.limit;
                 this.timer.as_mut().reset(wake_at(idle_at, *this.hard));
             }
         }
 
         let mut moved = false;
+        let ws = this.counters.ws.as_deref();
         for (i, dir, counter, failed) in [
             (
                 0,
@@ -319,7 +466,25 @@ impl<T: Transfer> Future for Tunnel<T> {
             if this.done[i] {
                 continue;
             }
-            let end = match this.transfer.poll_dir(dir, cx, counter, &mut moved) {
+            let mut step = Step::new(counter, ws, dir);
+            let polled = this.transfer.poll_dir(dir, cx, &mut step);
+            moved |= step.moved;
+            if let Some(v) = step.violation {
+                refuse(
+                    this.transfer,
+                    dir,
+                    v,
+                    ws,
+                    this.closing,
+                    this.hard,
+                    *this.close_timeout,
+                );
+                let idle_at = *this.last_activity + *this.limit;
+                this.timer.as_mut().reset(wake_at(idle_at, *this.hard));
+                // The other direction now has a Close to write.
+                cx.waker().wake_by_ref();
+            }
+            let end = match polled {
                 Poll::Ready(Ok(())) => {
                     this.done[i] = true;
                     continue;
@@ -328,7 +493,12 @@ impl<T: Transfer> Future for Tunnel<T> {
                 Poll::Ready(Err(Side::Writer)) => failed[1],
                 Poll::Pending => continue,
             };
-            return Poll::Ready(this.transfer.report(end));
+            let end = this.closing.unwrap_or(end);
+            note_closes(this.transfer, this.first_close);
+            return Poll::Ready(report(this.transfer, end, *this.first_close));
+        }
+        if ws.is_some() {
+            note_closes(this.transfer, this.first_close);
         }
         if this.first_eof.is_none() && (this.transfer.eof(Dir::Up) || this.transfer.eof(Dir::Down))
         {
@@ -342,8 +512,11 @@ impl<T: Transfer> Future for Tunnel<T> {
             this.timer.as_mut().reset(wake_at(idle_at, *this.hard));
         }
         if *this.done == [true, true] {
-            let end = this.first_eof.unwrap_or(End::ClientClosed);
-            return Poll::Ready(this.transfer.report(end));
+            let end = this
+                .closing
+                .or(*this.first_eof)
+                .unwrap_or(End::ClientClosed);
+            return Poll::Ready(report(this.transfer, end, *this.first_close));
         }
         if moved {
             *this.last_activity = Instant::now();
@@ -353,15 +526,81 @@ impl<T: Transfer> Future for Tunnel<T> {
             if let Some((at, end)) = *this.hard
                 && at <= now
             {
-                return Poll::Ready(this.transfer.report(end));
+                match *this.close_timeout {
+                    Some(close) if this.closing.is_none() => {
+                        // Begin the closing handshake; cut if it is not over in time.
+                        *this.closing = Some(end);
+                        for dir in [Dir::Up, Dir::Down] {
+                            if let Some(track) = this.transfer.track(dir) {
+                                track.begin_close(track.close_code());
+                            }
+                        }
+                        *this.hard = Some((now + close, end));
+                        cx.waker().wake_by_ref();
+                    }
+                    _ => return Poll::Ready(report(this.transfer, end, *this.first_close)),
+                }
             }
             let idle_at = *this.last_activity + *this.limit;
             if idle_at <= now {
-                return Poll::Ready(this.transfer.report(End::Idle));
+                let end = this.closing.unwrap_or(End::Idle);
+                return Poll::Ready(report(this.transfer, end, *this.first_close));
             }
             this.timer.as_mut().reset(wake_at(idle_at, *this.hard));
         }
         Poll::Pending
+    }
+}
+
+/// A peer's frames broke the rules or a limit in `dir`: its reader stopped at the bad
+/// header (and has its own Close to the other peer due); the violator gets a Close
+/// with the violation's code, and the tunnel is cut if the closing handshake is not
+/// over within `close_timeout`.
+fn refuse<T: Transfer>(
+    transfer: &mut T,
+    dir: Dir,
+    v: Violation,
+    ws: Option<&WsMetrics>,
+    closing: &mut Option<End>,
+    hard: &mut Option<(Instant, End)>,
+    close_timeout: Option<Duration>,
+) {
+    let (from, end, back) = match dir {
+        Dir::Up => (From::Client, End::ClientViolation, Dir::Down),
+        Dir::Down => (From::Upstream, End::UpstreamViolation, Dir::Up),
+    };
+    if let Some(m) = ws {
+        m.refusal(from, ws::reason(v));
+    }
+    if ws::log_allowed() {
+        tracing::info!(from = from.as_str(), violation = %v, code = v.close_code(), "closing a tunnel for its frames");
+    }
+    if let Some(track) = transfer.track(back) {
+        track.begin_close(v.close_code());
+    }
+    if closing.is_none() {
+        *closing = Some(end);
+        let close = close_timeout.unwrap_or(Duration::from_secs(5));
+        *hard = Some((Instant::now() + close, end));
+    }
+}
+
+/// Records the first Close of the tunnel, from the peers' or sluice's.
+fn note_closes<T: Transfer>(transfer: &mut T, first: &mut Option<(u16, From)>) {
+    if first.is_some() {
+        return;
+    }
+    for (dir, from) in [(Dir::Up, From::Client), (Dir::Down, From::Upstream)] {
+        if let Some(track) = transfer.track(dir) {
+            if let Some(code) = track.peer_close {
+                *first = Some((code, from));
+                return;
+            }
+            if let Some(code) = track.sent_close() {
+                *first = Some((code, From::Sluice));
+                return;
+            }
+        }
     }
 }
 
@@ -371,220 +610,5 @@ fn wake_at(idle_at: Instant, hard: Option<(Instant, End)>) -> Instant {
     hard.map_or(idle_at, |(at, _)| idle_at.min(at))
 }
 
-/// Any async byte stream a leg can be.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
-
-/// One leg of a tunnel, unwrapped from hyper's `Upgraded` where that is possible.
-pub enum Leg {
-    Tcp(tokio::net::TcpStream),
-    Stream(Box<dyn Io>),
-}
-
-impl Leg {
-    /// A client connection is served over `TokioIo<TcpStream>` on plain listeners;
-    /// on TLS listeners it stays behind hyper's wrapper, which replays its early
-    /// bytes itself. Returns the leg and the bytes hyper read past the handshake.
-    fn client(up: hyper::upgrade::Upgraded) -> (Leg, Bytes) {
-        use hyper_util::rt::TokioIo;
-        match up.downcast::<TokioIo<tokio::net::TcpStream>>() {
-            Ok(parts) => (Leg::Tcp(parts.io.into_inner()), parts.read_buf),
-            Err(up) => (Leg::Stream(Box::new(TokioIo::new(up))), Bytes::new()),
-        }
-    }
-
-    /// An upstream connection is a `TokioIo<net::Stream>`, plain or TLS.
-    fn upstream(up: hyper::upgrade::Upgraded) -> (Leg, Bytes) {
-        use hyper_util::rt::TokioIo;
-        match up.downcast::<TokioIo<crate::net::Stream>>() {
-            Ok(parts) => match parts.io.into_inner() {
-                crate::net::Stream::Plain(tcp) => (Leg::Tcp(tcp), parts.read_buf),
-                tls => (Leg::Stream(Box::new(tls)), parts.read_buf),
-            },
-            Err(up) => (Leg::Stream(Box::new(TokioIo::new(up))), Bytes::new()),
-        }
-    }
-}
-
-impl AsyncRead for Leg {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Leg::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Leg::Stream(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Leg {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Leg::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Leg::Stream(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Leg::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Leg::Stream(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Leg::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Leg::Stream(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
-
-    fn timers(secs: u64) -> Timers {
-        Timers {
-            idle: Duration::from_secs(secs),
-            half_closed: Duration::from_secs(secs),
-        }
-    }
-
-    /// Stops that never fire, and the token that would end the tunnel as drained.
-    fn stops() -> (Stops, CancellationToken) {
-        let drain = CancellationToken::new();
-        let stops = Stops {
-            token: drain.child_token(),
-            drain: drain.clone(),
-            spread: Duration::from_secs(1),
-            lifetime: None,
-        };
-        (stops, drain)
-    }
-
-    fn counters() -> Counters {
-        Counters {
-            client_to_upstream: IntCounter::new("a", "a").unwrap(),
-            upstream_to_client: IntCounter::new("b", "b").unwrap(),
-        }
-    }
-
-    #[tokio::test]
-    async fn copies_both_ways_and_passes_half_close() {
-        let (client, mut client_peer) = duplex(1024);
-        let (upstream, mut upstream_peer) = duplex(1024);
-        let c = counters();
-        let up_counter = c.client_to_upstream.clone();
-        let task = tokio::spawn(run(client, upstream, timers(60), c, stops().0));
-
-        client_peer.write_all(b"hello").await.unwrap();
-        let mut buf = [0u8; 5];
-        upstream_peer.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"hello");
-        assert_eq!(up_counter.get(), 5);
-
-        // The client ends its side; the upstream sees EOF but can still answer.
-        client_peer.shutdown().await.unwrap();
-        assert_eq!(upstream_peer.read(&mut buf).await.unwrap(), 0);
-        upstream_peer.write_all(b"bye").await.unwrap();
-        let mut got = [0u8; 3];
-        client_peer.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"bye");
-        upstream_peer.shutdown().await.unwrap();
-
-        let report = task.await.unwrap();
-        assert_eq!(report.end, End::ClientClosed);
-        assert_eq!(report.client_to_upstream, 5);
-        assert_eq!(report.upstream_to_client, 3);
-    }
-
-    #[tokio::test]
-    async fn a_slow_reader_bounds_what_is_buffered() {
-        // The upstream side never reads: the pump must stop reading the client once its
-        // one pending chunk is stuck, leaving the rest in the client's pipe.
-        let (client, mut client_peer) = duplex(64 * 1024);
-        let (upstream, _upstream_peer) = duplex(1024);
-        let task = tokio::spawn(run(client, upstream, timers(60), counters(), stops().0));
-        let chunk = vec![7u8; 16 * 1024];
-        let mut sent = 0usize;
-        loop {
-            match tokio::time::timeout(Duration::from_millis(200), client_peer.write_all(&chunk))
-                .await
-            {
-                Ok(Ok(())) => sent += chunk.len(),
-                _ => break,
-            }
-            assert!(sent < 1024 * 1024, "the pump kept reading without writing");
-        }
-        task.abort();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_tunnels_close() {
-        let (client, _c) = duplex(1024);
-        let (upstream, _u) = duplex(1024);
-        let report = run(client, upstream, timers(5), counters(), stops().0).await;
-        assert_eq!(report.end, End::Idle);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_half_closed_tunnel_closes_after_the_shorter_timer() {
-        let (client, mut client_peer) = duplex(1024);
-        let (upstream, _u) = duplex(1024);
-        let started = Instant::now();
-        let run = tokio::spawn(run(
-            client,
-            upstream,
-            Timers {
-                idle: Duration::from_secs(300),
-                half_closed: Duration::from_secs(5),
-            },
-            counters(),
-            stops().0,
-        ));
-        client_peer.shutdown().await.unwrap();
-        let report = run.await.unwrap();
-        assert_eq!(report.end, End::Idle);
-        assert!(started.elapsed() < Duration::from_secs(10));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_removed_server_does_not_postpone_the_idle_limit() {
-        let (client, _c) = duplex(1024);
-        let (upstream, _u) = duplex(1024);
-        let (mut stops, _drain) = stops();
-        // The server leaves with a long spread: the tunnel must still end by its own
-        // idle limit if that comes first, whichever moment in the spread was drawn.
-        stops.spread = Duration::from_secs(3600);
-        stops.token.cancel();
-        let started = Instant::now();
-        let report = run(client, upstream, timers(5), counters(), stops).await;
-        assert!(
-            started.elapsed() <= Duration::from_secs(5),
-            "ended after {:?} as {:?}",
-            started.elapsed(),
-            report.end
-        );
-    }
-
-    #[tokio::test]
-    async fn stop_ends_the_tunnel_as_drain() {
-        let (client, _c) = duplex(1024);
-        let (upstream, _u) = duplex(1024);
-        let report = run(client, upstream, timers(60), counters(), {
-            let (stops, drain) = stops();
-            drain.cancel();
-            stops
-        })
-        .await;
-        assert_eq!(report.end, End::Drain);
-    }
-}
+mod tests;

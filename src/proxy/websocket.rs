@@ -177,6 +177,7 @@ impl Proxy {
             return Err(error);
         }
         route.metrics.handshake(HandshakeOutcome::Upgraded);
+        let ws = frames_setup(route, resp.headers());
 
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
@@ -210,6 +211,7 @@ impl Proxy {
             conn: x.conn.clone(),
             load,
             limits,
+            ws,
             shutdown: self.shutdown.clone(),
             access: x.entry(status),
         };
@@ -245,6 +247,8 @@ struct Tunnel {
     /// The upstream server's load, held for the tunnel's life.
     load: LoadGuard,
     limits: TunnelLimits,
+    /// Frame tracking, unless turned off.
+    ws: Option<tunnel::WsSetup>,
     shutdown: Shutdown,
     access: Option<Box<access::Entry>>,
 }
@@ -277,6 +281,7 @@ impl Tunnel {
             conn,
             load,
             limits,
+            ws,
             shutdown,
             access,
         } = self;
@@ -289,15 +294,18 @@ impl Tunnel {
         let counters = tunnel::Counters {
             client_to_upstream: metrics.client_to_upstream.clone(),
             upstream_to_client: metrics.upstream_to_client.clone(),
+            ws: ws.map(|_| metrics.websocket.clone()),
         };
         let stops = tunnel::Stops {
             token: load.server().ending(),
+            draining: shutdown.drain_token().clone(),
             drain: shutdown.stop_token().clone(),
             spread: limits.drain,
             lifetime: limits.lifetime,
         };
         let running = Running {
-            tunnel: tunnel::run_upgraded(client, upstream, limits.timers, counters, stops),
+            tunnel: tunnel::run_upgraded(client, upstream, limits.timers, counters, stops, ws),
+            tracked: ws.is_some(),
             route,
             load: Some(load),
             access,
@@ -316,6 +324,8 @@ pin_project_lite::pin_project! {
     struct Running {
         #[pin]
         tunnel: tunnel::Tunnel<tunnel::Transfers>,
+        // Whether the tunnel tracks frames.
+        tracked: bool,
         route: Arc<Route>,
         // Taken at the end, to be let go before the gauge falls.
         load: Option<LoadGuard>,
@@ -348,13 +358,39 @@ impl Future for Running {
             .tunnel_duration
             .observe(this.started.elapsed().as_secs_f64());
         route.metrics.tunnels_active.dec();
+        if *this.tracked && report.close.is_none() {
+            // TCP ended with no Close either way (what a client sees as 1006).
+            route.metrics.websocket.close(None, report.end.by());
+        }
         if let Some(entry) = this.access.take() {
-            entry.finish_tunnel(
-                report.client_to_upstream,
-                report.upstream_to_client,
-                report.end.as_str(),
-            );
+            entry.finish_tunnel(access::TunnelEnd {
+                client_to_upstream: report.client_to_upstream,
+                upstream_to_client: report.upstream_to_client,
+                end: report.end.as_str(),
+                close: report.close.map(|(code, from)| (code, from.as_str())),
+                messages: this.tracked.then_some(report.messages),
+            });
         }
         Poll::Ready(())
     }
+}
+
+/// The frame tracking a route's tunnels get, with the extensions the upstream's 101
+/// (or 2xx) agreed to; `None` when tracking is off (`SLUICE_WS_FRAMES=0`).
+fn frames_setup(route: &Route, headers: &http::HeaderMap) -> Option<tunnel::WsSetup> {
+    if !tunnel::frames_enabled() {
+        return None;
+    }
+    let w = &route.websocket;
+    Some(tunnel::WsSetup {
+        frames: tunnel::ws::Setup {
+            rsv: tunnel::ws::Rsv::from_headers(headers),
+            limits: tunnel::frames::Limits {
+                max_frame: w.max_frame_bytes.unwrap_or(u64::MAX),
+                max_message: w.max_message_bytes.unwrap_or(u64::MAX),
+            },
+            close_code: w.close_code,
+        },
+        close_timeout: w.close_timeout,
+    })
 }

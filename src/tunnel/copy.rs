@@ -7,17 +7,25 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{Dir, Side, Transfer};
+use super::ws::{self, HOLD, Track};
+use super::{Dir, Side, Step, Transfer};
 
 /// Read size per call. 64 KiB lets one read take a whole large WebSocket frame as the
 /// kernel delivers it, and is one allocation per thread, not per tunnel.
-const SCRATCH: usize = 64 * 1024;
+pub(super) const SCRATCH: usize = 64 * 1024;
 
 thread_local! {
-    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+    // HOLD bytes in front, where a frame header split across reads is put back.
+    static SCRATCH_BUF: RefCell<Box<[u8]>> =
+        RefCell::new(vec![0; HOLD + SCRATCH].into_boxed_slice());
+}
+
+/// Runs `f` on this thread's scratch buffer: `HOLD` bytes of room, then `SCRATCH`
+/// for a read.
+pub(super) fn with_scratch<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    SCRATCH_BUF.with_borrow_mut(|scratch| f(scratch))
 }
 
 /// Both legs as async streams, with one pump per direction.
@@ -30,13 +38,24 @@ pub struct Copy<C, U> {
 
 impl<C, U> Copy<C, U> {
     /// `to_upstream` and `to_client` are bytes already read from the other side,
-    /// written before anything else.
-    pub(super) fn new(client: C, upstream: U, to_upstream: Bytes, to_client: Bytes) -> Self {
+    /// written before anything else. With `frames`, the directions track WebSocket
+    /// frames (and the early bytes are taken as the first read of each).
+    pub(super) fn new(
+        client: C,
+        upstream: U,
+        to_upstream: Bytes,
+        to_client: Bytes,
+        frames: Option<[Track; 2]>,
+    ) -> Self {
+        let (up, down) = match frames {
+            Some([up, down]) => (Some(up), Some(down)),
+            None => (None, None),
+        };
         Copy {
             client,
             upstream,
-            up: Pump::with_early(&to_upstream),
-            down: Pump::with_early(&to_client),
+            up: Pump::with_early(&to_upstream, up),
+            down: Pump::with_early(&to_client, down),
         }
     }
 }
@@ -50,16 +69,20 @@ where
         &mut self,
         dir: Dir,
         cx: &mut Context<'_>,
-        counter: &IntCounter,
-        moved: &mut bool,
+        step: &mut Step<'_>,
     ) -> Poll<Result<(), Side>> {
         match dir {
-            Dir::Up => self
-                .up
-                .poll(cx, &mut self.client, &mut self.upstream, counter, moved),
+            Dir::Up => self.up.poll(cx, &mut self.client, &mut self.upstream, step),
             Dir::Down => self
                 .down
-                .poll(cx, &mut self.upstream, &mut self.client, counter, moved),
+                .poll(cx, &mut self.upstream, &mut self.client, step),
+        }
+    }
+
+    fn track(&mut self, dir: Dir) -> Option<&mut Track> {
+        match dir {
+            Dir::Up => self.up.ws.as_mut(),
+            Dir::Down => self.down.ws.as_mut(),
         }
     }
 
@@ -92,15 +115,23 @@ pub(super) struct Pump {
     /// Bytes were written since the last flush.
     unflushed: bool,
     pub(super) total: u64,
+    /// WebSocket frame tracking, when on.
+    pub(super) ws: Option<Track>,
+    /// `pending` holds early bytes the tracker has not seen yet.
+    unscanned: bool,
 }
 
 impl Pump {
-    fn with_early(early: &[u8]) -> Pump {
-        Pump {
-            pending: early.to_vec(),
+    fn with_early(early: &[u8], ws: Option<Track>) -> Pump {
+        let mut pump = Pump {
             total: early.len() as u64,
+            ws,
             ..Pump::default()
-        }
+        };
+        pump.pending = early.to_vec();
+        // With tracking, they are the stream's first bytes, taken on the first poll.
+        pump.unscanned = pump.ws.is_some() && !early.is_empty();
+        pump
     }
 
     /// Moves bytes until the reader or writer would block (`Pending`), the direction
@@ -110,8 +141,7 @@ impl Pump {
         cx: &mut Context<'_>,
         reader: &mut R,
         writer: &mut W,
-        counter: &IntCounter,
-        moved: &mut bool,
+        step: &mut Step<'_>,
     ) -> Poll<Result<(), Side>>
     where
         R: AsyncRead + Unpin,
@@ -119,6 +149,14 @@ impl Pump {
     {
         if self.done {
             return Poll::Ready(Ok(()));
+        }
+        if self.unscanned
+            && let Some(track) = &mut self.ws
+        {
+            self.unscanned = false;
+            let early = std::mem::take(&mut self.pending);
+            let taken = ws::take_all(track, &early, step);
+            self.pending = taken;
         }
         loop {
             // Finish what the writer pushed back before reading more.
@@ -139,6 +177,18 @@ impl Pump {
                 self.pending = Vec::new();
             }
 
+            if let Some(track) = &mut self.ws {
+                if track.close_due {
+                    // sluice's Close, once what came before it is out.
+                    let close = track.take_close(step.ws_route());
+                    self.pending.extend_from_slice(close.as_bytes());
+                    continue;
+                }
+                if !track.reads() {
+                    self.eof = true;
+                }
+            }
+
             if self.eof {
                 if self.unflushed {
                     ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(|_| Side::Writer)?;
@@ -150,21 +200,33 @@ impl Pump {
                 return Poll::Ready(Ok(()));
             }
 
-            let step = SCRATCH_BUF.with_borrow_mut(|scratch| {
-                let mut buf = ReadBuf::new(scratch);
+            let read = SCRATCH_BUF.with_borrow_mut(|scratch| {
+                let mut buf = ReadBuf::new(&mut scratch[HOLD..]);
                 match Pin::new(&mut *reader).poll_read(cx, &mut buf) {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(Err(_)) => Poll::Ready(Err(Side::Reader)),
                     Poll::Ready(Ok(())) if buf.filled().is_empty() => {
                         self.eof = true;
+                        if let Some(track) = &mut self.ws {
+                            track.eof();
+                        }
                         Poll::Ready(Ok(()))
                     }
                     Poll::Ready(Ok(())) => {
-                        let data = buf.filled();
-                        let n = data.len();
+                        let n = buf.filled().len();
                         self.total += n as u64;
-                        counter.inc_by(n as u64);
-                        *moved = true;
+                        step.counter.inc_by(n as u64);
+                        step.moved = true;
+                        let range = match &mut self.ws {
+                            Some(track) => {
+                                let taken = track.take(scratch, n, step.ws_dir());
+                                step.violation = step.violation.or(taken.violation);
+                                taken.forward
+                            }
+                            None => HOLD..HOLD + n,
+                        };
+                        let data = &scratch[range];
+                        let n = data.len();
                         // Write straight from the scratch buffer; keep only the rest.
                         let mut off = 0;
                         while off < n {
@@ -186,7 +248,7 @@ impl Pump {
                     }
                 }
             });
-            match step {
+            match read {
                 Poll::Ready(Ok(())) => continue,
                 Poll::Ready(Err(side)) => return Poll::Ready(Err(side)),
                 Poll::Pending => {

@@ -50,6 +50,11 @@ impl OpCode {
         })
     }
 
+    /// The kind's index in per-kind arrays, in declaration order.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn is_control(self) -> bool {
         matches!(self, OpCode::Close | OpCode::Ping | OpCode::Pong)
     }
@@ -159,6 +164,9 @@ impl fmt::Display for Violation {
     }
 }
 
+/// `allowed_rsv` when any reserved bits may be set (see [`Frames::any_rsv`]).
+const ANY_RSV: u8 = 0xFF;
+
 /// The longest control payload (RFC 6455 §5.5).
 const MAX_CONTROL: usize = 125;
 
@@ -218,6 +226,18 @@ impl Frames {
         }
     }
 
+    /// Accepts any reserved bits anywhere: the 101 negotiated an extension sluice
+    /// does not know, whose rules for them it cannot check.
+    pub fn any_rsv(mut self) -> Frames {
+        self.allowed_rsv = ANY_RSV;
+        self
+    }
+
+    /// Who sends the frames this tracker sees.
+    pub fn sender(&self) -> Sender {
+        self.sender
+    }
+
     /// Whether the next byte begins a frame.
     pub fn at_frame_boundary(&self) -> bool {
         self.have == 0 && self.left == 0 && self.control.is_none()
@@ -227,6 +247,18 @@ impl Frames {
     /// written now interrupts nothing.
     pub fn at_message_boundary(&self) -> bool {
         self.at_frame_boundary() && self.message.is_none()
+    }
+
+    /// The bytes of a header begun but not yet whole (empty at a boundary or in a
+    /// payload): the tail of what was scanned, which a caller holds back until the
+    /// header is known to be good.
+    pub fn partial_header(&self) -> &[u8] {
+        &self.head[..usize::from(self.have)]
+    }
+
+    /// Whether a control frame's payload is being gathered.
+    pub fn in_control(&self) -> bool {
+        self.control.is_some()
     }
 
     /// Bytes of the current frame still to come, header bytes not yet read included
@@ -264,35 +296,49 @@ impl Frames {
     /// Takes the next bytes of the stream, in order. Fails at the first header that
     /// breaks the rules; the bytes before it were good, and the tracker must not be
     /// used after.
-    pub fn scan(&mut self, mut data: &[u8], observer: &mut impl Observer) -> Result<(), Violation> {
-        while !data.is_empty() {
+    pub fn scan(&mut self, data: &[u8], observer: &mut impl Observer) -> Result<(), Violation> {
+        self.scan_at(data, observer).map_err(|(v, _)| v)
+    }
+
+    /// As [`Frames::scan`], and on failure also where the bad header began in `data`:
+    /// `None` when it began in an earlier call, in the bytes [`Frames::partial_header`]
+    /// held. A caller that forwards only up to there never passes a bad header on.
+    pub fn scan_at(
+        &mut self,
+        data: &[u8],
+        observer: &mut impl Observer,
+    ) -> Result<(), (Violation, Option<usize>)> {
+        let mut pos = 0;
+        while pos < data.len() {
+            let rest = &data[pos..];
             if self.have > 0 || (self.left == 0 && self.control.is_none()) {
-                let take = usize::from(self.need - self.have).min(data.len());
+                let start = pos.checked_sub(usize::from(self.have));
+                let take = usize::from(self.need - self.have).min(rest.len());
                 let at = usize::from(self.have);
-                self.head[at..at + take].copy_from_slice(&data[..take]);
+                self.head[at..at + take].copy_from_slice(&rest[..take]);
                 self.have += take as u8;
-                data = &data[take..];
+                pos += take;
                 if self.have == 2 {
                     self.need = header_len(self.head[1]);
                 }
                 if self.have == self.need {
-                    self.begin_frame(observer)?;
+                    self.begin_frame(observer).map_err(|v| (v, start))?;
                 }
             } else if let Some(control) = &mut self.control {
                 // `left` is at most 125 here.
                 let left = self.left as usize;
-                let take = left.min(data.len());
+                let take = left.min(rest.len());
                 let at = control.len - left;
-                control.payload[at..at + take].copy_from_slice(&data[..take]);
+                control.payload[at..at + take].copy_from_slice(&rest[..take]);
                 self.left -= take as u64;
-                data = &data[take..];
+                pos += take;
                 if self.left == 0 {
                     self.frame_done(observer);
                 }
             } else {
-                let take = self.left.min(data.len() as u64);
+                let take = self.left.min(rest.len() as u64);
                 self.left -= take;
-                data = &data[take as usize..];
+                pos += take as usize;
                 if self.left == 0 {
                     self.frame_done(observer);
                 }
@@ -309,7 +355,9 @@ impl Frames {
         let header = header?;
         let rsv = header.rsv;
         let first_of_message = matches!(header.opcode, OpCode::Text | OpCode::Binary);
-        if rsv & !self.allowed_rsv != 0 || (rsv != 0 && !first_of_message) {
+        if self.allowed_rsv != ANY_RSV
+            && (rsv & !self.allowed_rsv != 0 || (rsv != 0 && !first_of_message))
+        {
             return Err(Violation::ReservedBits(rsv));
         }
         if header.mask.is_some() != (self.sender == Sender::Client) {

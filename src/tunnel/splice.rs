@@ -16,11 +16,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use prometheus::IntCounter;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::{Dir, Side, Transfer};
+use super::ws::{self, HOLD, SPLICE_MIN, Track};
+use super::{Dir, Side, Step, Transfer};
 
 /// The most one splice call moves: the default pipe capacity (16 pages).
 const CHUNK: usize = 64 * 1024;
@@ -126,18 +126,24 @@ pub struct Sockets {
 
 impl Sockets {
     /// `to_upstream` and `to_client` are bytes already read from the other side,
-    /// written before anything is spliced.
+    /// written before anything is spliced. With `frames`, the directions track
+    /// WebSocket frames.
     pub(crate) fn new(
         client: TcpStream,
         upstream: TcpStream,
         to_upstream: Bytes,
         to_client: Bytes,
+        frames: Option<[Track; 2]>,
     ) -> Self {
+        let (up, down) = match frames {
+            Some([up, down]) => (Some(up), Some(down)),
+            None => (None, None),
+        };
         Sockets {
             client,
             upstream,
-            up: Pump::with_early(to_upstream),
-            down: Pump::with_early(to_client),
+            up: Pump::with_early(to_upstream, up),
+            down: Pump::with_early(to_client, down),
         }
     }
 }
@@ -147,20 +153,26 @@ impl Transfer for Sockets {
         &mut self,
         dir: Dir,
         cx: &mut Context<'_>,
-        counter: &IntCounter,
-        moved: &mut bool,
+        step: &mut Step<'_>,
     ) -> Poll<Result<(), Side>> {
         match dir {
             Dir::Up => {
                 let other_done = self.down.done;
                 self.up
-                    .poll(cx, &self.client, &self.upstream, counter, moved, other_done)
+                    .poll(cx, &self.client, &self.upstream, step, other_done)
             }
             Dir::Down => {
                 let other_done = self.up.done;
                 self.down
-                    .poll(cx, &self.upstream, &self.client, counter, moved, other_done)
+                    .poll(cx, &self.upstream, &self.client, step, other_done)
             }
+        }
+    }
+
+    fn track(&mut self, dir: Dir) -> Option<&mut Track> {
+        match dir {
+            Dir::Up => self.up.ws.as_mut(),
+            Dir::Down => self.down.ws.as_mut(),
         }
     }
 
@@ -190,21 +202,28 @@ struct Pump {
     in_pipe: usize,
     eof: bool,
     done: bool,
+    /// `early` holds bytes the tracker has not seen yet.
+    unscanned: bool,
     total: u64,
+    /// WebSocket frame tracking, when on.
+    ws: Option<Track>,
 }
 
 impl Pump {
     /// A pump that first writes `early`, bytes already read (and counted in its
     /// total). They are a view of hyper's whole read buffer (8 KiB or more): only
-    /// they are kept, and only when there are some.
-    fn with_early(early: Bytes) -> Pump {
+    /// they are kept, and only when there are some. With tracking they are taken as
+    /// the stream's first read, on the first poll.
+    fn with_early(early: Bytes, ws: Option<Track>) -> Pump {
         Pump {
             total: early.len() as u64,
+            unscanned: ws.is_some() && !early.is_empty(),
             early: if early.is_empty() {
                 Bytes::new()
             } else {
                 Bytes::copy_from_slice(&early)
             },
+            ws,
             ..Pump::default()
         }
     }
@@ -214,12 +233,17 @@ impl Pump {
         cx: &mut Context<'_>,
         src: &TcpStream,
         dst: &TcpStream,
-        counter: &IntCounter,
-        moved: &mut bool,
+        step: &mut Step<'_>,
         other_done: bool,
     ) -> Poll<Result<(), Side>> {
         if self.done {
             return Poll::Ready(Ok(()));
+        }
+        if self.unscanned
+            && let Some(track) = &mut self.ws
+        {
+            self.unscanned = false;
+            self.early = Bytes::from(ws::take_all(track, &self.early, step));
         }
         loop {
             // Bytes read before the splice began, or copied while no pipe could be
@@ -233,7 +257,7 @@ impl Pump {
                             // Let go of the buffer it was a view of.
                             self.early = Bytes::new();
                         }
-                        *moved = true;
+                        step.moved = true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => return Poll::Ready(Err(Side::Writer)),
@@ -265,6 +289,18 @@ impl Pump {
                 p.give_back();
             }
 
+            if let Some(track) = &mut self.ws {
+                if track.close_due {
+                    // sluice's Close, once what came before it is out.
+                    let close = track.take_close(step.ws_route());
+                    self.early = Bytes::copy_from_slice(close.as_bytes());
+                    continue;
+                }
+                if !track.reads() {
+                    self.eof = true;
+                }
+            }
+
             if self.eof {
                 // Pass the end of stream on. When the other way is already done the
                 // tunnel is about to close both sockets, which sends the FIN anyway.
@@ -277,11 +313,15 @@ impl Pump {
             }
 
             ready!(src.poll_read_ready(cx)).map_err(|_| Side::Reader)?;
+            if self.ws.is_some() {
+                self.tracked_step(src, dst, step)?;
+                continue;
+            }
             let Ok(pipe) = Pipe::borrow() else {
                 // No descriptor to spare for a pipe (the process is at its open-file
                 // limit): this step copies through memory instead, so that the
                 // tunnels already open keep moving until descriptors are free again.
-                self.copy_step(src, dst, counter, moved)?;
+                self.copy_step(src, dst, step)?;
                 continue;
             };
             let mut n = 0;
@@ -296,8 +336,8 @@ impl Pump {
                     self.in_pipe = n;
                     self.pipe = Some(pipe);
                     self.total += n as u64;
-                    counter.inc_by(n as u64);
-                    *moved = true;
+                    step.counter.inc_by(n as u64);
+                    step.moved = true;
                 }
                 Ok(()) => {
                     self.eof = true;
@@ -320,16 +360,15 @@ impl Pump {
         &mut self,
         src: &TcpStream,
         dst: &TcpStream,
-        counter: &IntCounter,
-        moved: &mut bool,
+        step: &mut Step<'_>,
     ) -> Result<(), Side> {
         let mut buf = [0u8; 16 * 1024];
         match src.try_read(&mut buf) {
             Ok(0) => self.eof = true,
             Ok(n) => {
                 self.total += n as u64;
-                counter.inc_by(n as u64);
-                *moved = true;
+                step.counter.inc_by(n as u64);
+                step.moved = true;
                 let sent = match dst.try_write(&buf[..n]) {
                     Ok(w) => w,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -347,12 +386,103 @@ impl Pump {
     }
 }
 
+impl Pump {
+    /// One step of a tracked direction: a data payload long enough is spliced with
+    /// its exact length, so the next header is never in the pipe; anything else (a
+    /// run of small frames, headers, control frames) is read into memory, tracked
+    /// and written on in one write. What the writer does not take waits in `early`.
+    fn tracked_step(
+        &mut self,
+        src: &TcpStream,
+        dst: &TcpStream,
+        step: &mut Step<'_>,
+    ) -> Result<(), Side> {
+        let track = self.ws.as_mut().expect("a tracked pump");
+        let left = track.payload_left();
+        if left >= SPLICE_MIN
+            && let Ok(pipe) = Pipe::borrow()
+        {
+            let want = left.min(CHUNK as u64) as usize;
+            let mut n = 0;
+            let got = src.try_io(Interest::READABLE, || {
+                n = splice(src.as_raw_fd(), pipe.write.as_raw_fd(), want)?;
+                Ok(())
+            });
+            return match got {
+                Ok(()) | Err(_) if n > 0 => {
+                    track.skip(n as u64, step.ws_dir());
+                    self.in_pipe = n;
+                    self.pipe = Some(pipe);
+                    self.total += n as u64;
+                    step.counter.inc_by(n as u64);
+                    step.moved = true;
+                    Ok(())
+                }
+                Ok(()) => {
+                    self.eof = true;
+                    track.eof();
+                    pipe.give_back();
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    pipe.give_back();
+                    Ok(())
+                }
+                Err(_) => {
+                    pipe.give_back();
+                    Err(Side::Reader)
+                }
+            };
+        }
+        // After a large frame, read no further than the next header, so that its
+        // payload is spliced too; otherwise take whatever is there.
+        let cap = if track.big {
+            (left as usize + HOLD).min(super::copy::SCRATCH)
+        } else {
+            super::copy::SCRATCH
+        };
+        super::copy::with_scratch(|scratch| {
+            match src.try_read(&mut scratch[HOLD..HOLD + cap]) {
+                Ok(0) => {
+                    self.eof = true;
+                    track.eof();
+                }
+                Ok(n) => {
+                    self.total += n as u64;
+                    step.counter.inc_by(n as u64);
+                    step.moved = true;
+                    let taken = track.take(scratch, n, step.ws_dir());
+                    step.violation = step.violation.or(taken.violation);
+                    let data = &scratch[taken.forward];
+                    if data.is_empty() {
+                        return Ok(());
+                    }
+                    let sent = match dst.try_write(data) {
+                        Ok(w) => w,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                        Err(_) => return Err(Side::Writer),
+                    };
+                    if sent < data.len() {
+                        self.early = Bytes::copy_from_slice(&data[sent..]);
+                    }
+                }
+                // Readiness is cleared; the next poll_read_ready waits.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(Side::Reader),
+            }
+            Ok(())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+
+    use prometheus::IntCounter;
 
     use super::super::{Counters, End, Stops, Timers, Tunnel};
     use super::*;
@@ -369,15 +499,17 @@ mod tests {
         let drain = tokio_util::sync::CancellationToken::new();
         let stops = Stops {
             token: drain.child_token(),
+            draining: drain.clone(),
             drain,
             spread: Duration::from_secs(1),
             lifetime: None,
         };
         Tunnel::new(
-            Sockets::new(client, upstream, Bytes::new(), Bytes::new()),
+            Sockets::new(client, upstream, Bytes::new(), Bytes::new(), None),
             timers,
             counters(),
             stops,
+            None,
         )
     }
 
@@ -385,6 +517,7 @@ mod tests {
         Counters {
             client_to_upstream: IntCounter::new("a", "a").unwrap(),
             upstream_to_client: IntCounter::new("b", "b").unwrap(),
+            ws: None,
         }
     }
 

@@ -1,0 +1,440 @@
+//! WebSocket awareness for one direction of a tunnel: where frames begin, what to
+//! forward of each read, and the Close sluice writes when it ends a tunnel itself.
+//!
+//! A [`Track`] sits in each direction's pump, beside the bytes it moves. It never
+//! copies a payload: it reads frame headers as they pass (holding back the few bytes
+//! of a header split across reads until it is known to be good), counts frames and
+//! messages, and tells the pump how much of a read to forward. When the tunnel must
+//! end it lets the current frame finish, so that the Close it then writes lands on a
+//! frame boundary, and from then on reads only to see the peer's own Close.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus::local::LocalHistogram;
+
+use super::Step;
+use super::frames::{Frames, Header, Limits, Observer, OpCode, Sender, Violation};
+use crate::metrics::websocket::{From, WsDirMetrics, WsMetrics};
+
+/// Room kept before the bytes of each read for a held partial header (at most 13
+/// bytes of a 14-byte header).
+pub const HOLD: usize = 14;
+
+/// A payload at least this long is worth a splice of its own; shorter ones ride in
+/// the buffered reads. TODO(measure): figure from compare.sh.
+pub const SPLICE_MIN: u64 = 16 * 1024;
+
+/// Which reserved bits the 101 allowed (RFC 6455 §5.2, §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rsv {
+    /// No extension: every reserved bit is an error.
+    None,
+    /// permessage-deflate: RSV1 on a message's first frame.
+    Deflate,
+    /// An extension sluice does not know: reserved bits are not checked.
+    Any,
+}
+
+impl Rsv {
+    /// Reads the `Sec-WebSocket-Extensions` the upstream's 101 (or 2xx) agreed to.
+    pub fn from_headers(headers: &http::HeaderMap) -> Rsv {
+        let mut rsv = Rsv::None;
+        for value in headers.get_all(http::header::SEC_WEBSOCKET_EXTENSIONS) {
+            let Ok(value) = value.to_str() else {
+                return Rsv::Any;
+            };
+            for ext in value.split(',') {
+                let name = ext.split(';').next().unwrap_or("").trim();
+                if name.is_empty() {
+                    continue;
+                }
+                if name.eq_ignore_ascii_case("permessage-deflate") {
+                    rsv = Rsv::Deflate;
+                } else {
+                    return Rsv::Any;
+                }
+            }
+        }
+        rsv
+    }
+}
+
+/// What a tunnel's frame tracking is set up with.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup {
+    pub rsv: Rsv,
+    pub limits: Limits,
+    /// The Close code sluice sends when it ends a tunnel (`close_code`).
+    pub close_code: u16,
+}
+
+/// Where a direction's reading is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// Frames pass.
+    Forward,
+    /// The tunnel is ending: the current frame passes, then nothing more.
+    ToBoundary,
+    /// Past the boundary: read only to see the peer's Close.
+    Discard,
+    /// The peer's Close was seen, or its frames broke the rules: nothing more is read.
+    Done,
+}
+
+/// Frame tracking for one direction (see the module docs).
+pub struct Track {
+    frames: Frames,
+    reading: Reading,
+    /// Whether sluice's Close must now be written this way, after what is pending.
+    pub close_due: bool,
+    /// The code sluice's Close carries this way.
+    close_code: u16,
+    /// A Close has gone this way: the peer's own, forwarded, or sluice's.
+    passed_close: bool,
+    /// sluice wrote its own Close this way.
+    sent_close: bool,
+    /// The code of the reader's Close, once seen (1005 for a Close without one).
+    pub peer_close: Option<u16>,
+    /// Messages the reader sent.
+    pub messages: u64,
+    /// The last header announced a payload worth splicing (see [`SPLICE_MIN`]).
+    pub big: bool,
+}
+
+/// What to do with one read.
+pub struct Taken {
+    /// The part of the buffer to forward.
+    pub forward: Range<usize>,
+    /// The reader broke the framing rules at the end of `forward`.
+    pub violation: Option<Violation>,
+}
+
+impl Track {
+    /// Tracking for the frames `sender` sends.
+    pub fn new(sender: Sender, setup: &Setup) -> Track {
+        let frames = Frames::new(sender, setup.rsv == Rsv::Deflate, setup.limits);
+        Track {
+            frames: if setup.rsv == Rsv::Any {
+                frames.any_rsv()
+            } else {
+                frames
+            },
+            reading: Reading::Forward,
+            close_due: false,
+            close_code: setup.close_code,
+            passed_close: false,
+            sent_close: false,
+            peer_close: None,
+            messages: 0,
+            big: false,
+        }
+    }
+
+    /// The configured Close code.
+    pub fn close_code(&self) -> u16 {
+        self.close_code
+    }
+
+    /// The code of the Close sluice wrote this way, if it did.
+    pub fn sent_close(&self) -> Option<u16> {
+        self.sent_close.then_some(self.close_code)
+    }
+
+    /// Whether the reader should be read at all.
+    pub fn reads(&self) -> bool {
+        self.reading != Reading::Done
+    }
+
+    /// Whether frames are still forwarded (not yet ending).
+    pub fn forwarding(&self) -> bool {
+        matches!(self.reading, Reading::Forward | Reading::ToBoundary)
+    }
+
+    /// Data payload bytes that may be moved unread now (spliced with this length).
+    pub fn payload_left(&self) -> u64 {
+        if self.forwarding() {
+            self.frames.payload_left()
+        } else {
+            0
+        }
+    }
+
+    /// The tunnel is ending: finish the current frame, then write a Close with `code`
+    /// (unless a Close already went this way) and read only for the peer's Close.
+    pub fn begin_close(&mut self, code: u16) {
+        if self.reading != Reading::Forward {
+            return;
+        }
+        self.close_code = code;
+        self.reading = Reading::ToBoundary;
+        if self.frames.at_frame_boundary() || !self.frames.partial_header().is_empty() {
+            self.boundary();
+        }
+    }
+
+    /// The reader ended its stream. If the tunnel is ending and the writer is at a
+    /// frame boundary, sluice's Close is still written (`close_due`).
+    pub fn eof(&mut self) {
+        let at_boundary =
+            self.frames.at_frame_boundary() || !self.frames.partial_header().is_empty();
+        if self.reading == Reading::ToBoundary && at_boundary {
+            self.boundary();
+        }
+        self.reading = Reading::Done;
+    }
+
+    /// The frame in flight ended where the tunnel is ending.
+    fn boundary(&mut self) {
+        self.reading = Reading::Discard;
+        if !self.passed_close {
+            self.close_due = true;
+        }
+    }
+
+    /// Takes a close frame to write (clearing `close_due`), counted as sluice's.
+    pub fn take_close(&mut self, metrics: &WsMetrics) -> CloseFrame {
+        self.close_due = false;
+        self.passed_close = true;
+        self.sent_close = true;
+        metrics.close(Some(self.close_code), From::Sluice);
+        CloseFrame::new(self.close_code, self.frames.sender() == Sender::Client)
+    }
+
+    /// `n` payload bytes moved unread (spliced); `n` at most [`Track::payload_left`].
+    pub fn skip(&mut self, n: u64, m: &WsDirMetrics) {
+        let mut seen = Seen::new(m);
+        self.frames.skip(n, &mut seen);
+        self.settle(seen);
+        if self.reading == Reading::ToBoundary && self.frames.at_frame_boundary() {
+            self.boundary();
+        }
+    }
+
+    /// Takes one read: `buf[HOLD..HOLD + n]` holds its bytes, and `buf[..HOLD]` is room
+    /// for a partial header held from the read before, which is put back in front.
+    /// Returns what of `buf` to forward.
+    pub fn take(&mut self, buf: &mut [u8], n: usize, m: &WsDirMetrics) -> Taken {
+        let held = self.frames.partial_header().len();
+        let start = HOLD - held;
+        let mut prefix = [0u8; HOLD];
+        prefix[..held].copy_from_slice(self.frames.partial_header());
+        buf[start..HOLD].copy_from_slice(&prefix[..held]);
+        let data = &buf[HOLD..HOLD + n];
+        let mut seen = Seen::new(m);
+        let mut taken = Taken {
+            forward: start..start,
+            violation: None,
+        };
+        let mut rest = 0..0;
+        match self.reading {
+            Reading::Forward => match self.frames.scan_at(data, &mut seen) {
+                Ok(()) => {
+                    let now_held = self.frames.partial_header().len();
+                    taken.forward = start..HOLD + n - now_held;
+                }
+                Err((violation, at)) => {
+                    // The bad header is not forwarded, so the writer is at a boundary
+                    // and its peer gets sluice's Close.
+                    taken.forward = start..at.map_or(start, |a| HOLD + a);
+                    taken.violation = Some(violation);
+                    self.close_due = !self.passed_close;
+                    self.reading = Reading::Done;
+                }
+            },
+            Reading::ToBoundary => {
+                // `begin_close` and `skip` move on at a boundary, so a frame is open.
+                let k = (self.frames.frame_left().min(n as u64)) as usize;
+                match self.frames.scan_at(&data[..k], &mut seen) {
+                    Ok(()) => taken.forward = start..HOLD + k,
+                    Err(_) => self.reading = Reading::Done,
+                }
+                if self.reading == Reading::ToBoundary && self.frames.at_frame_boundary() {
+                    self.boundary();
+                }
+                rest = k..n;
+            }
+            Reading::Discard => rest = 0..n,
+            Reading::Done => {}
+        }
+        if self.reading == Reading::Forward && seen.close.is_some() {
+            // The peer's Close went on with the rest.
+            self.passed_close = true;
+        }
+        if self.reading == Reading::Discard && !rest.is_empty() {
+            // Past the boundary: only the peer's Close matters.
+            if self.frames.scan(&data[rest], &mut seen).is_err() {
+                self.reading = Reading::Done;
+            }
+            if seen.close.is_some() {
+                self.reading = Reading::Done;
+            }
+        }
+        self.settle(seen);
+        taken
+    }
+
+    /// Folds what an observer saw into the counts.
+    fn settle(&mut self, seen: Seen<'_>) {
+        if let Some(len) = seen.last_len {
+            self.big = len >= SPLICE_MIN;
+        }
+        if self.peer_close.is_none() {
+            self.peer_close = seen.close;
+        }
+        self.messages += seen.flush();
+    }
+}
+
+/// Takes bytes read before the tunnel began (read ahead by hyper) as the stream's
+/// first read; returns the part to forward.
+pub fn take_all(track: &mut Track, early: &[u8], step: &mut Step<'_>) -> Vec<u8> {
+    let mut buf = vec![0; HOLD + early.len()];
+    buf[HOLD..].copy_from_slice(early);
+    let taken = track.take(&mut buf, early.len(), step.ws_dir());
+    step.violation = step.violation.or(taken.violation);
+    buf[taken.forward].to_vec()
+}
+
+/// A Close frame sluice writes: code only, masked toward an upstream.
+pub struct CloseFrame {
+    bytes: [u8; 8],
+    len: u8,
+}
+
+impl CloseFrame {
+    /// `masked` with a fresh key when it goes to a server (RFC 6455 §5.3).
+    pub fn new(code: u16, masked: bool) -> CloseFrame {
+        let [hi, lo] = code.to_be_bytes();
+        if masked {
+            let key = fastrand::u32(..).to_ne_bytes();
+            CloseFrame {
+                bytes: [
+                    0x88,
+                    0x82,
+                    key[0],
+                    key[1],
+                    key[2],
+                    key[3],
+                    hi ^ key[0],
+                    lo ^ key[1],
+                ],
+                len: 8,
+            }
+        } else {
+            CloseFrame {
+                bytes: [0x88, 0x02, hi, lo, 0, 0, 0, 0],
+                len: 4,
+            }
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// Counts what one read's frames were, on the stack, and adds them to the shared
+/// counters once per read rather than once per frame.
+struct Seen<'a> {
+    m: &'a WsDirMetrics,
+    frames: [u32; 6],
+    messages: u32,
+    /// Sizes past the first are gathered locally: a read of a hundred small messages
+    /// costs one flush of the histogram, not a hundred atomic updates.
+    first_size: Option<u64>,
+    sizes: Option<LocalHistogram>,
+    close: Option<u16>,
+    last_len: Option<u64>,
+}
+
+impl<'a> Seen<'a> {
+    fn new(m: &'a WsDirMetrics) -> Seen<'a> {
+        Seen {
+            m,
+            frames: [0; 6],
+            messages: 0,
+            first_size: None,
+            sizes: None,
+            close: None,
+            last_len: None,
+        }
+    }
+
+    /// Adds the counts to the shared counters; returns the messages seen.
+    fn flush(self) -> u64 {
+        for (counter, &n) in self.m.frames.iter().zip(&self.frames) {
+            if n > 0 {
+                counter.inc_by(u64::from(n));
+            }
+        }
+        if self.messages > 0 {
+            self.m.messages.inc_by(u64::from(self.messages));
+        }
+        if let Some(size) = self.first_size {
+            self.m.sizes.observe(size as f64);
+        }
+        if let Some(local) = self.sizes {
+            local.flush();
+        }
+        u64::from(self.messages)
+    }
+}
+
+impl Observer for Seen<'_> {
+    fn frame(&mut self, header: &Header) {
+        self.frames[header.opcode.index()] += 1;
+        if !header.opcode.is_control() {
+            self.last_len = Some(header.len);
+        }
+    }
+
+    fn message(&mut self, _opcode: OpCode, size: u64) {
+        self.messages += 1;
+        if self.first_size.is_none() {
+            self.first_size = Some(size);
+        } else {
+            self.sizes
+                .get_or_insert_with(|| self.m.sizes.local())
+                .observe(size as f64);
+        }
+    }
+
+    fn control(&mut self, opcode: OpCode, payload: &[u8]) {
+        if opcode == OpCode::Close && self.close.is_none() {
+            self.close = Some(match payload {
+                [hi, lo, ..] => u16::from_be_bytes([*hi, *lo]),
+                _ => 1005,
+            });
+        }
+    }
+}
+
+/// Whether a refusal may be logged now: at most 10 lines a second for the process, so
+/// that a flood of bad frames cannot flood the log.
+pub fn log_allowed() -> bool {
+    static WINDOW: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let window = WINDOW.load(Ordering::Relaxed);
+    let (second, count) = (window >> 8, window & 0xFF);
+    if second != now {
+        WINDOW.store(now << 8 | 1, Ordering::Relaxed);
+        return true;
+    }
+    if count < 10 {
+        WINDOW.store(window + 1, Ordering::Relaxed);
+        return true;
+    }
+    false
+}
+
+/// The refusal label of a violation.
+pub fn reason(v: Violation) -> &'static str {
+    match v {
+        Violation::FrameTooBig => "frame_too_big",
+        Violation::MessageTooBig => "message_too_big",
+        _ => "protocol",
+    }
+}
