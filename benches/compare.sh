@@ -5,7 +5,8 @@
 #   benches/compare.sh            full run (under 10 minutes once built)
 #   benches/compare.sh --quick    shorter run, fewer idle tunnels (under 3 minutes)
 #
-# Options: --targets "direct sluice nginx haproxy caddy" (a subset, in order),
+# Options: --targets "direct sluice nginx haproxy caddy" (a subset, in order; also
+#          sluice-opaque, sluice with WebSocket frame tracking off),
 #          --scenarios "idle ws64-w8 ws64-w128 ws64k-w4 pingpong handshakes http h2 grpc"
 #          (a subset; table order stays), --rounds N (rounds of the rate scenarios;
 #          3 in a full run, 1 quick), --keep (keep the work directory with configs
@@ -80,9 +81,9 @@ done
 }
 for t in $TARGETS; do
     case "$t" in
-    direct | sluice | nginx | haproxy | caddy) ;;
+    direct | sluice | sluice-opaque | nginx | haproxy | caddy) ;;
     *)
-        echo "compare.sh: unknown target: $t (known: direct sluice nginx haproxy caddy)" >&2
+        echo "compare.sh: unknown target: $t (known: direct sluice sluice-opaque nginx haproxy caddy)" >&2
         exit 2
         ;;
     esac
@@ -382,9 +383,16 @@ upstream_idle() {
     if [[ "$KIND" == plain ]]; then echo 128; else echo 1024; fi
 }
 
+# sluice-opaque is sluice with WebSocket frame tracking off (SLUICE_WS_FRAMES=0): bytes
+# only, as before tunnels knew frames, to measure what the tracking costs.
+start_sluice-opaque() {
+    start_sluice sluice-opaque SLUICE_WS_FRAMES=0
+}
+
 start_sluice() {
+    local name=${1:-sluice} frames=${2:-SLUICE_WS_FRAMES=1}
     local d listener="listen = \"127.0.0.1:$PROXY_PORT\"" upstream="servers = [\"127.0.0.1:$BACKEND_PORT\"]"
-    d=$(work_dir sluice)
+    d=$(work_dir "$name")
     mkdir -p "$d"
     if [[ "$KIND" == grpc ]]; then
         # Prior knowledge (h2c): no tls on the upstream.
@@ -421,7 +429,7 @@ upstream = "b"
 $upstream
 keepalive = $(upstream_idle)
 EOF
-    start_bg "$d/sluice.log" "${PROXY_PIN[@]}" "$SLUICE" -c "$d/sluice.toml"
+    start_bg "$d/sluice.log" "${PROXY_PIN[@]}" env "$frames" "$SLUICE" -c "$d/sluice.toml"
     PROXY_MAIN=$LAST_PID
     PROXY_PID=$LAST_PID
     wait_port "$PROXY_PORT" "$PROXY_PID"
@@ -618,7 +626,7 @@ start_direct() {
 
 proxy_log() {
     case "$1" in
-    sluice) echo "$(work_dir sluice)/sluice.log" ;;
+    sluice | sluice-opaque) echo "$(work_dir "$1")/sluice.log" ;;
     nginx) echo "$(work_dir nginx)/error.log" ;;
     haproxy) echo "$(work_dir haproxy)/haproxy.log" ;;
     caddy) echo "$(work_dir caddy)/caddy.log" ;;
@@ -629,6 +637,7 @@ proxy_log() {
 version_of() {
     case "$1" in
     sluice) echo "sluice $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')" ;;
+    sluice-opaque) echo "sluice $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'), SLUICE_WS_FRAMES=0" ;;
     nginx) nginx -v 2>&1 | sed 's/^nginx version: //' ;;
     haproxy) haproxy -v 2>/dev/null | head -n1 | awk '{print "HAProxy " $3}' ;;
     caddy) echo "Caddy $(caddy version 2>/dev/null | awk '{print $1}')" ;;

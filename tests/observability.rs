@@ -361,4 +361,9 @@ servers = ["{http_addr}"]
     assert_eq!(f["end"], "upstream_closed");
     assert!(f["bytes_in"].as_u64().unwrap() >= 10);
     assert!(f["bytes_out"].as_u64().unwrap() >= 10);
+    // The first Close was the client's, without a code (1005); one message each way.
+    assert_eq!(f["close_code"], 1005);
+    assert_eq!(f["close_from"], "client");
+    assert_eq!(f["messages_in"], 1);
+    assert_eq!(f["messages_out"], 1);
 }

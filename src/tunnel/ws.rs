@@ -438,3 +438,6 @@ pub fn reason(v: Violation) -> &'static str {
         _ => "protocol",
     }
 }
+
+#[cfg(test)]
+mod tests;

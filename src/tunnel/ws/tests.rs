@@ -1,0 +1,187 @@
+use super::*;
+use crate::metrics::Metrics;
+use crate::tunnel::frames::unmask;
+
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// One frame on the wire: header (masked when `mask`) and payload.
+fn frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![first];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => out.push(m | n as u8),
+        n @ 126..=65535 => {
+            out.push(m | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(m | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mut body = payload.to_vec();
+    if let Some(k) = mask {
+        out.extend_from_slice(&k);
+        unmask(&mut body, k);
+    }
+    out.extend_from_slice(&body);
+    out
+}
+
+fn setup() -> Setup {
+    Setup {
+        rsv: Rsv::None,
+        limits: Limits::NONE,
+        close_code: 1001,
+    }
+}
+
+/// Feeds `stream` to `track` in pieces of `piece` bytes; returns what it forwarded
+/// and the first violation.
+fn feed(
+    track: &mut Track,
+    stream: &[u8],
+    piece: usize,
+    m: &WsDirMetrics,
+) -> (Vec<u8>, Option<Violation>) {
+    let mut out = Vec::new();
+    for chunk in stream.chunks(piece) {
+        let mut buf = vec![0u8; HOLD + chunk.len()];
+        buf[HOLD..].copy_from_slice(chunk);
+        let taken = track.take(&mut buf, chunk.len(), m);
+        out.extend_from_slice(&buf[taken.forward]);
+        if taken.violation.is_some() {
+            return (out, taken.violation);
+        }
+    }
+    (out, None)
+}
+
+fn metrics() -> std::sync::Arc<WsMetrics> {
+    Metrics::new().route("r").websocket.clone()
+}
+
+#[test]
+fn forwards_every_byte_of_good_frames_at_any_split() {
+    let m = metrics();
+    let mut stream = frame(0x81, b"hello", Some(MASK));
+    stream.extend(frame(0x02, &[7; 300], Some(MASK)));
+    stream.extend(frame(0x89, b"ping", Some(MASK)));
+    stream.extend(frame(0x80, &[1; 70_000], Some(MASK)));
+    for piece in [1, 2, 3, 7, 13, 14, 15, 100, 4096, stream.len()] {
+        let mut track = Track::new(Sender::Client, &setup());
+        let (out, v) = feed(&mut track, &stream, piece, &m.up);
+        assert_eq!(v, None);
+        assert!(out == stream, "piece {piece}: forwarded bytes differ");
+        assert_eq!(track.messages, 2);
+    }
+}
+
+#[test]
+fn a_bad_header_split_across_reads_is_never_forwarded() {
+    let m = metrics();
+    let good = frame(0x81, b"fine", Some(MASK));
+    // An unmasked client frame with a 16-bit length: a 4-byte header.
+    let bad = frame(0x82, &[0; 200], None);
+    let mut stream = good.clone();
+    stream.extend(&bad);
+    for piece in 1..=stream.len() {
+        let mut track = Track::new(Sender::Client, &setup());
+        let (out, v) = feed(&mut track, &stream, piece, &m.up);
+        assert_eq!(v, Some(Violation::Masking), "piece {piece}");
+        assert_eq!(out, good, "piece {piece}: forwarded past the good frame");
+        // The writer is at a boundary: its peer gets sluice's Close.
+        assert!(track.close_due);
+        assert!(!track.reads());
+    }
+}
+
+#[test]
+fn ending_lets_the_frame_in_flight_finish_then_reads_for_the_close() {
+    let m = metrics();
+    let big = frame(0x82, &[9; 1000], None);
+    let next = frame(0x81, b"after", None);
+    let close = frame(0x88, &[0x03, 0xE8], None);
+    let mut track = Track::new(Sender::Server, &setup());
+    let (out, _) = feed(&mut track, &big[..500], 500, &m.down);
+    assert_eq!(out, &big[..500]);
+    track.begin_close(1001);
+    assert!(!track.close_due, "mid-frame: not yet");
+    let mut rest = big[500..].to_vec();
+    rest.extend(&next);
+    rest.extend(&close);
+    let (out, _) = feed(&mut track, &rest, rest.len(), &m.down);
+    assert_eq!(
+        out,
+        &big[500..],
+        "the frame finishes, nothing after it passes"
+    );
+    assert!(track.close_due);
+    assert_eq!(track.peer_close, Some(1000), "the peer's Close was seen");
+    assert!(!track.reads(), "nothing is read after the peer's Close");
+}
+
+#[test]
+fn ending_at_a_boundary_closes_at_once_unless_a_close_already_went() {
+    let mut track = Track::new(Sender::Client, &setup());
+    track.begin_close(1012);
+    assert!(track.close_due);
+    let m = metrics();
+    let close = track.take_close(&m);
+    let b = close.as_bytes();
+    assert_eq!(&b[..2], &[0x88, 0x82], "masked toward the upstream");
+    assert_eq!([b[6] ^ b[2], b[7] ^ b[3]], [0x03, 0xF4]);
+    assert_eq!(track.sent_close(), Some(1012));
+
+    // A direction that already carried its peer's Close sends no second one.
+    let mut track = Track::new(Sender::Server, &setup());
+    feed(&mut track, &frame(0x88, &[0x03, 0xE8], None), 100, &m.down);
+    track.begin_close(1001);
+    assert!(!track.close_due);
+    assert_eq!(
+        CloseFrame::new(1001, false).as_bytes(),
+        &[0x88, 0x02, 0x03, 0xE9]
+    );
+}
+
+#[test]
+fn the_101s_extensions_decide_the_reserved_bits() {
+    let mut h = http::HeaderMap::new();
+    assert_eq!(Rsv::from_headers(&h), Rsv::None);
+    h.insert(
+        http::header::SEC_WEBSOCKET_EXTENSIONS,
+        "permessage-deflate; client_max_window_bits=15"
+            .parse()
+            .unwrap(),
+    );
+    assert_eq!(Rsv::from_headers(&h), Rsv::Deflate);
+    h.append(
+        http::header::SEC_WEBSOCKET_EXTENSIONS,
+        "x-custom".parse().unwrap(),
+    );
+    assert_eq!(Rsv::from_headers(&h), Rsv::Any);
+}
+
+#[test]
+fn limits_refuse_with_1009() {
+    let m = metrics();
+    let setup = Setup {
+        limits: Limits {
+            max_frame: u64::MAX,
+            max_message: 1000,
+        },
+        ..setup()
+    };
+    let mut track = Track::new(Sender::Client, &setup);
+    let mut stream = frame(0x01, &[1; 600], Some(MASK));
+    let first = stream.len();
+    stream.extend(frame(0x80, &[1; 600], Some(MASK)));
+    let (out, v) = feed(&mut track, &stream, 64, &m.up);
+    assert_eq!(v, Some(Violation::MessageTooBig));
+    assert_eq!(v.unwrap().close_code(), 1009);
+    assert_eq!(
+        out.len(),
+        first,
+        "the fragment that went over is not forwarded"
+    );
+}
