@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use http_body_util::BodyExt;
+use support::frames::{self as ws, FIN, OP_TEXT, client_text, server_binary, server_text};
 use support::h2::*;
 use support::pki::Ca;
 use support::*;
@@ -295,24 +296,29 @@ async fn the_client_ending_its_stream_half_closes_the_upstream() {
         s.write_all(switching_protocols(&head, "").as_bytes())
             .await
             .unwrap();
-        // Read until the client's side ends, then answer with what came, and end.
+        // Read until the client's side ends, then answer with what came (the
+        // client's frames byte for byte, as a binary message's payload), and end.
         let got = read_to_eof(&mut s).await;
-        s.write_all(b"upstream saw: ").await.unwrap();
-        s.write_all(&got).await.unwrap();
+        s.write_all(&server_binary(&[b"upstream saw: ", &got[..]].concat()))
+            .await
+            .unwrap();
         s.shutdown().await.unwrap();
     })
     .await;
     let gw = h2c_gateway(addr, "").await;
     let mut client = H2Client::h2c(gw.addr).await;
     let mut io = tunnel(extended_connect(&mut client, WS, &[]).await).await;
-    io.write_all(b"raw bytes").await.unwrap();
-    // END_STREAM.
+    io.write_all(&client_text(b"raw bytes")).await.unwrap();
+    // END_STREAM, without a Close.
     io.shutdown().await.unwrap();
     let mut rest = Vec::new();
     within("the answer, then END_STREAM", io.read_to_end(&mut rest))
         .await
         .expect("the stream ends cleanly");
-    assert_eq!(rest, b"upstream saw: raw bytes");
+    // The upstream got the client's frame as sent, mask and all, and its answer came
+    // back whole.
+    let saw = [b"upstream saw: ", &client_text(b"raw bytes")[..]].concat();
+    assert_eq!(rest, server_binary(&saw));
 }
 
 #[tokio::test]
@@ -324,7 +330,7 @@ async fn the_upstream_ending_its_side_ends_the_stream_and_the_client_can_still_s
             s.write_all(switching_protocols(&head, "").as_bytes())
                 .await
                 .unwrap();
-            s.write_all(b"last words").await.unwrap();
+            s.write_all(&server_text(b"last words")).await.unwrap();
             // FIN, and keep reading.
             s.shutdown().await.unwrap();
             let _ = got_tx.send(read_to_eof(&mut s).await);
@@ -341,15 +347,16 @@ async fn the_upstream_ending_its_side_ends_the_stream_and_the_client_can_still_s
     )
     .await
     .expect("the stream ends cleanly");
-    assert_eq!(from_upstream, b"last words");
-    io.write_all(b"still talking").await.unwrap();
+    assert_eq!(from_upstream, server_text(b"last words"));
+    io.write_all(&client_text(b"still talking")).await.unwrap();
     io.shutdown().await.unwrap();
     let seen = within("the upstream reads on", got.recv()).await.unwrap();
-    assert_eq!(seen, b"still talking");
+    assert_eq!(seen, client_text(b"still talking"));
 }
 
-/// A raw upstream that completes the upgrade, writes "ready", then reports on
-/// `ended` once its connection is ended by the other side (EOF or reset).
+/// A raw upstream that completes the upgrade, sends the text message "ready" (one
+/// unmasked frame, [`server_text`]), then reports on `ended` once its connection is
+/// ended by the other side (EOF or reset).
 async fn watching_backend() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (addr, _) = raw_backend(move |mut s, head| {
@@ -365,7 +372,7 @@ async fn watching_backend() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
             s.write_all(switching_protocols(&head, "").as_bytes())
                 .await
                 .unwrap();
-            s.write_all(b"ready").await.unwrap();
+            s.write_all(&server_text(b"ready")).await.unwrap();
             let mut buf = [0u8; 1024];
             while let Ok(n) = s.read(&mut buf).await {
                 if n == 0 {
@@ -385,8 +392,15 @@ async fn dropping_the_stream_ends_the_upstream_connection() {
     let gw = h2c_gateway(addr, "").await;
     let mut client = H2Client::h2c(gw.addr).await;
     let mut io = tunnel(extended_connect(&mut client, WS, &[]).await).await;
-    let mut ready = [0u8; 5];
-    within("ready", io.read_exact(&mut ready)).await.unwrap();
+    let ready = within("ready", ws::read_frame(&mut io)).await.unwrap();
+    assert_eq!(
+        ready,
+        ws::Frame {
+            first: FIN | OP_TEXT,
+            payload: b"ready".to_vec(),
+            masked: false,
+        }
+    );
     // Dropping the client's handle ends its side of the stream (hyper's client
     // sends END_STREAM for it); the upstream is told in turn.
     drop(io);
@@ -407,8 +421,8 @@ async fn rst_stream_from_the_client_ends_the_upstream_connection() {
         .await;
     assert_eq!(raw.head(1).await, Some(200));
     match raw.event(1).await {
-        Event::Data(d, false) => assert_eq!(&d[..], b"ready"),
-        other => panic!("expected the upstream's bytes, got {other:?}"),
+        Event::Data(d, false) => assert_eq!(d, server_text(b"ready")),
+        other => panic!("expected the upstream's frame, got {other:?}"),
     }
     raw.send(&rst_stream(1, CANCEL)).await;
     within("the upstream connection ends", ended.recv())
@@ -427,7 +441,7 @@ async fn an_upstream_reset_resets_the_stream() {
         s.write_all(switching_protocols(&head, "").as_bytes())
             .await
             .unwrap();
-        s.write_all(b"hi").await.unwrap();
+        s.write_all(&server_text(b"hi")).await.unwrap();
         let mut b = [0u8; 1];
         let _ = s.read(&mut b).await;
         // Reset: linger 0 makes close send RST.
@@ -444,9 +458,10 @@ async fn an_upstream_reset_resets_the_stream() {
     assert_eq!(raw.head(1).await, Some(200));
     assert_eq!(
         raw.event(1).await,
-        Event::Data(Bytes::from_static(b"hi"), false)
+        Event::Data(Bytes::from(server_text(b"hi")), false)
     );
-    raw.send(&frame(DATA, 0, 1, b"x")).await;
+    // A DATA frame carrying one WebSocket frame: the upstream resets on reading it.
+    raw.send(&frame(DATA, 0, 1, &client_text(b"x"))).await;
     // hyper ends an upgraded stream's sending side with END_STREAM whenever it is let
     // go, so the reset reaches the client as the end of the stream and then
     // RST_STREAM (h2 resets a stream whose both handles are gone while the client's

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use support::frames::{client_text, server_binary};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -316,10 +317,12 @@ async fn half_close_passes_through_while_the_other_way_flows() {
         s.write_all(switching_protocols(&head, "").as_bytes())
             .await
             .unwrap();
-        // Read until the client's side ends, then answer with what came, and end.
+        // Read until the client's side ends, then answer with what came (the
+        // client's frames byte for byte, as a binary message's payload), and end.
         let got = read_to_eof(&mut s).await;
-        s.write_all(b"upstream saw: ").await.unwrap();
-        s.write_all(&got).await.unwrap();
+        s.write_all(&server_binary(&[b"upstream saw: ", &got[..]].concat()))
+            .await
+            .unwrap();
         s.shutdown().await.unwrap();
     })
     .await;
@@ -330,10 +333,14 @@ async fn half_close_passes_through_while_the_other_way_flows() {
         .unwrap();
     let head = within("101", read_head(&mut s)).await.unwrap();
     assert_eq!(status_of(&head), 101);
-    s.write_all(b"raw bytes").await.unwrap();
+    s.write_all(&client_text(b"raw bytes")).await.unwrap();
+    // FIN, without a Close.
     s.shutdown().await.unwrap();
     let rest = read_to_eof(&mut s).await;
-    assert_eq!(rest, b"upstream saw: raw bytes");
+    // The upstream got the client's frame as sent, mask and all, and its answer came
+    // back whole.
+    let saw = [b"upstream saw: ", &client_text(b"raw bytes")[..]].concat();
+    assert_eq!(rest, server_binary(&saw));
 }
 
 #[tokio::test]

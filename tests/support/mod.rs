@@ -2,6 +2,7 @@
 //! (WebSocket echo, HTTP, scripted raw TCP), and raw clients.
 #![allow(dead_code)]
 
+pub mod frames;
 pub mod grpc;
 pub mod h2;
 pub mod netns;
