@@ -19,6 +19,7 @@
 //! rules or a limit) ends with a Close to each peer at a frame boundary, and a wait of
 //! up to `close_timeout` for their replies, instead of a TCP cut.
 
+mod closing;
 pub mod copy;
 pub mod frames;
 mod leg;
@@ -38,8 +39,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use self::closing::{Liveness, begin_closing, note_closes, refuse};
 use self::frames::{Sender, Violation};
-pub use self::leg::{Io, Leg};
+pub use self::leg::{Io, Leg, Transfers};
 use crate::metrics::websocket::{From, WsDirMetrics, WsMetrics};
 
 /// Why a tunnel ended.
@@ -65,6 +67,8 @@ pub enum End {
     ClientViolation,
     /// The upstream's frames broke the framing rules or a limit.
     UpstreamViolation,
+    /// A side did not answer sluice's Ping within `ping_timeout`.
+    LivenessTimeout,
 }
 
 impl End {
@@ -81,6 +85,7 @@ impl End {
             End::UpstreamError => "upstream_error",
             End::ClientViolation => "client_violation",
             End::UpstreamViolation => "upstream_violation",
+            End::LivenessTimeout => "liveness_timeout",
         }
     }
 
@@ -146,6 +151,8 @@ pub struct WsSetup {
     pub frames: ws::Setup,
     /// How long to wait for the peers' Closes once sluice sent its own.
     pub close_timeout: Duration,
+    /// `ping_interval` and `ping_timeout`, when sluice pings silent peers.
+    pub ping: Option<(Duration, Duration)>,
 }
 
 /// Whether tunnels track WebSocket frames; `SLUICE_WS_FRAMES=0` makes them opaque,
@@ -217,52 +224,6 @@ pub fn run_upgraded(
         (c, u) => Transfers::Copy(copy::Copy::new(c, u, to_upstream, to_client, tracks)),
     };
     Tunnel::new(transfer, timers, counters, stops, ws)
-}
-
-/// The transfers a tunnel between upgraded connections can use.
-pub enum Transfers {
-    #[cfg(target_os = "linux")]
-    Sockets(splice::Sockets),
-    Copy(copy::Copy<Leg, Leg>),
-}
-
-impl Transfer for Transfers {
-    fn poll_dir(
-        &mut self,
-        dir: Dir,
-        cx: &mut Context<'_>,
-        step: &mut Step<'_>,
-    ) -> Poll<Result<(), Side>> {
-        match self {
-            #[cfg(target_os = "linux")]
-            Transfers::Sockets(t) => t.poll_dir(dir, cx, step),
-            Transfers::Copy(t) => t.poll_dir(dir, cx, step),
-        }
-    }
-
-    fn eof(&self, dir: Dir) -> bool {
-        match self {
-            #[cfg(target_os = "linux")]
-            Transfers::Sockets(t) => t.eof(dir),
-            Transfers::Copy(t) => t.eof(dir),
-        }
-    }
-
-    fn total(&self, dir: Dir) -> u64 {
-        match self {
-            #[cfg(target_os = "linux")]
-            Transfers::Sockets(t) => t.total(dir),
-            Transfers::Copy(t) => t.total(dir),
-        }
-    }
-
-    fn track(&mut self, dir: Dir) -> Option<&mut ws::Track> {
-        match self {
-            #[cfg(target_os = "linux")]
-            Transfers::Sockets(t) => t.track(dir),
-            Transfers::Copy(t) => t.track(dir),
-        }
-    }
 }
 
 /// A direction: client to upstream, or back.
@@ -361,6 +322,8 @@ pin_project_lite::pin_project! {
         close_timeout: Option<Duration>,
         // Why sluice is ending the tunnel, once its closing handshake has begun.
         closing: Option<End>,
+        // sluice's Pings to silent peers, when configured.
+        liveness: Option<Box<Liveness>>,
         first_close: Option<(u16, From)>,
         #[pin]
         stop: WaitForCancellationFutureOwned,
@@ -386,13 +349,25 @@ impl<T: Transfer> Tunnel<T> {
             timers,
             last_activity: now,
             hard,
-            timer: tokio::time::sleep_until(wake_at(now + timers.idle, hard)),
+            timer: tokio::time::sleep_until(wake_at(
+                now + timers.idle,
+                hard,
+                ws.and_then(|w| w.ping).map(|(interval, _)| now + interval),
+            )),
             counters,
             draining: stops.draining,
             drain: stops.drain,
             spread: stops.spread,
             close_timeout: ws.map(|w| w.close_timeout),
             closing: None,
+            liveness: ws.and_then(|w| w.ping).map(|(interval, timeout)| {
+                Box::new(Liveness {
+                    interval,
+                    timeout,
+                    next: now + interval,
+                    since: [None; 2],
+                })
+            }),
             first_close: None,
             stop: stops.token.cancelled_owned(),
             stopped: false,
@@ -443,7 +418,11 @@ impl<T: Transfer> Future for Tunnel<T> {
             if this.hard.is_none_or(|(h, _)| at < h) {
                 *this.hard = Some((at, end));
                 let idle_at = *this.last_activity + *this.limit;
-                this.timer.as_mut().reset(wake_at(idle_at, *this.hard));
+                this.timer.as_mut().reset(wake_at(
+                    idle_at,
+                    *this.hard,
+                    next_look(this.liveness, this.closing),
+                ));
             }
         }
 
@@ -480,7 +459,11 @@ impl<T: Transfer> Future for Tunnel<T> {
                     *this.close_timeout,
                 );
                 let idle_at = *this.last_activity + *this.limit;
-                this.timer.as_mut().reset(wake_at(idle_at, *this.hard));
+                this.timer.as_mut().reset(wake_at(
+                    idle_at,
+                    *this.hard,
+                    next_look(this.liveness, this.closing),
+                ));
                 // The other direction now has a Close to write.
                 cx.waker().wake_by_ref();
             }
@@ -509,7 +492,11 @@ impl<T: Transfer> Future for Tunnel<T> {
             });
             *this.limit = this.timers.idle.min(this.timers.half_closed);
             let idle_at = (*this.last_activity).max(Instant::now()) + *this.limit;
-            this.timer.as_mut().reset(wake_at(idle_at, *this.hard));
+            this.timer.as_mut().reset(wake_at(
+                idle_at,
+                *this.hard,
+                next_look(this.liveness, this.closing),
+            ));
         }
         if *this.done == [true, true] {
             let end = this
@@ -528,86 +515,70 @@ impl<T: Transfer> Future for Tunnel<T> {
             {
                 match *this.close_timeout {
                     Some(close) if this.closing.is_none() => {
-                        // Begin the closing handshake; cut if it is not over in time.
-                        *this.closing = Some(end);
-                        for dir in [Dir::Up, Dir::Down] {
-                            if let Some(track) = this.transfer.track(dir) {
-                                track.begin_close(track.close_code());
-                            }
-                        }
-                        *this.hard = Some((now + close, end));
+                        begin_closing(
+                            this.transfer,
+                            end,
+                            this.closing,
+                            this.hard,
+                            Some(close),
+                            now,
+                        );
                         cx.waker().wake_by_ref();
                     }
                     _ => return Poll::Ready(report(this.transfer, end, *this.first_close)),
                 }
+            }
+            if this.closing.is_none()
+                && let Some(liveness) = this.liveness.as_deref_mut()
+                && liveness.next <= now
+            {
+                if let Some(who) = liveness.look(this.transfer, now) {
+                    if ws::log_allowed() {
+                        tracing::info!(
+                            peer = who.as_str(),
+                            "closing a tunnel: no answer to sluice's Ping"
+                        );
+                    }
+                    begin_closing(
+                        this.transfer,
+                        End::LivenessTimeout,
+                        this.closing,
+                        this.hard,
+                        *this.close_timeout,
+                        now,
+                    );
+                }
+                // A Ping or a Close to write.
+                cx.waker().wake_by_ref();
             }
             let idle_at = *this.last_activity + *this.limit;
             if idle_at <= now {
                 let end = this.closing.unwrap_or(End::Idle);
                 return Poll::Ready(report(this.transfer, end, *this.first_close));
             }
-            this.timer.as_mut().reset(wake_at(idle_at, *this.hard));
+            this.timer.as_mut().reset(wake_at(
+                idle_at,
+                *this.hard,
+                next_look(this.liveness, this.closing),
+            ));
         }
         Poll::Pending
     }
 }
 
-/// A peer's frames broke the rules or a limit in `dir`: its reader stopped at the bad
-/// header (and has its own Close to the other peer due); the violator gets a Close
-/// with the violation's code, and the tunnel is cut if the closing handshake is not
-/// over within `close_timeout`.
-fn refuse<T: Transfer>(
-    transfer: &mut T,
-    dir: Dir,
-    v: Violation,
-    ws: Option<&WsMetrics>,
-    closing: &mut Option<End>,
-    hard: &mut Option<(Instant, End)>,
-    close_timeout: Option<Duration>,
-) {
-    let (from, end, back) = match dir {
-        Dir::Up => (From::Client, End::ClientViolation, Dir::Down),
-        Dir::Down => (From::Upstream, End::UpstreamViolation, Dir::Up),
-    };
-    if let Some(m) = ws {
-        m.refusal(from, ws::reason(v));
-    }
-    if ws::log_allowed() {
-        tracing::info!(from = from.as_str(), violation = %v, code = v.close_code(), "closing a tunnel for its frames");
-    }
-    if let Some(track) = transfer.track(back) {
-        track.begin_close(v.close_code());
-    }
-    if closing.is_none() {
-        *closing = Some(end);
-        let close = close_timeout.unwrap_or(Duration::from_secs(5));
-        *hard = Some((Instant::now() + close, end));
-    }
-}
-
-/// Records the first Close of the tunnel, from the peers' or sluice's.
-fn note_closes<T: Transfer>(transfer: &mut T, first: &mut Option<(u16, From)>) {
-    if first.is_some() {
-        return;
-    }
-    for (dir, from) in [(Dir::Up, From::Client), (Dir::Down, From::Upstream)] {
-        if let Some(track) = transfer.track(dir) {
-            if let Some(code) = track.peer_close {
-                *first = Some((code, from));
-                return;
-            }
-            if let Some(code) = track.sent_close() {
-                *first = Some((code, From::Sluice));
-                return;
-            }
-        }
-    }
-}
-
 /// When the tunnel's one timer must next fire: at the idle deadline, or at the hard
-/// end if that comes first.
-fn wake_at(idle_at: Instant, hard: Option<(Instant, End)>) -> Instant {
-    hard.map_or(idle_at, |(at, _)| idle_at.min(at))
+/// end or the next liveness look if one comes first.
+fn wake_at(idle_at: Instant, hard: Option<(Instant, End)>, look: Option<Instant>) -> Instant {
+    let at = hard.map_or(idle_at, |(at, _)| idle_at.min(at));
+    look.map_or(at, |l| at.min(l))
+}
+
+/// The next liveness look; none once the tunnel is closing.
+fn next_look(liveness: &Option<Box<Liveness>>, closing: &Option<End>) -> Option<Instant> {
+    match closing {
+        Some(_) => None,
+        None => liveness.as_ref().map(|l| l.next),
+    }
 }
 
 #[cfg(test)]

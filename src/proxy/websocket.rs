@@ -390,7 +390,9 @@ fn frames_setup(route: &Route, headers: &http::HeaderMap) -> Option<tunnel::WsSe
                 max_message: w.max_message_bytes.unwrap_or(u64::MAX),
             },
             close_code: w.close_code,
+            max_messages_per_second: w.max_messages_per_second,
         },
         close_timeout: w.close_timeout,
+        ping: w.ping_interval.map(|interval| (interval, w.ping_timeout)),
     })
 }

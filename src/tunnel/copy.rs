@@ -184,6 +184,10 @@ impl Pump {
                     self.pending.extend_from_slice(close.as_bytes());
                     continue;
                 }
+                if let Some(ping) = track.take_ping() {
+                    self.pending.extend_from_slice(ping.as_bytes());
+                    continue;
+                }
                 if !track.reads() {
                     self.eof = true;
                 }

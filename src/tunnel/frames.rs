@@ -93,6 +93,11 @@ pub trait Observer {
     fn message(&mut self, _opcode: OpCode, _size: u64) {}
     /// A control frame has been read whole; `payload` is unmasked.
     fn control(&mut self, _opcode: OpCode, _payload: &[u8]) {}
+    /// A new text or binary message begins: whether it may (a rate limit says no
+    /// with `false`, which is [`Violation::RateLimited`]).
+    fn admit(&mut self, _header: &Header) -> bool {
+        true
+    }
 }
 
 /// An observer that wants nothing.
@@ -133,14 +138,17 @@ pub enum Violation {
     FrameTooBig,
     /// A message longer than [`Limits::max_message`].
     MessageTooBig,
+    /// A message beyond the sender's rate ([`Observer::admit`]).
+    RateLimited,
 }
 
 impl Violation {
     /// The Close code the sender is told (RFC 6455 §7.4.1): 1009 for too much data,
-    /// 1002 for a protocol error.
+    /// 1008 for a policy (the message rate), 1002 for a protocol error.
     pub fn close_code(self) -> u16 {
         match self {
             Violation::FrameTooBig | Violation::MessageTooBig => 1009,
+            Violation::RateLimited => 1008,
             _ => 1002,
         }
     }
@@ -160,6 +168,7 @@ impl fmt::Display for Violation {
             Violation::LengthOverflow => f.write_str("a frame length over 2^63"),
             Violation::FrameTooBig => f.write_str("a frame over max_frame_bytes"),
             Violation::MessageTooBig => f.write_str("a message over max_message_bytes"),
+            Violation::RateLimited => f.write_str("messages faster than max_messages_per_second"),
         }
     }
 }
@@ -308,8 +317,30 @@ impl Frames {
         data: &[u8],
         observer: &mut impl Observer,
     ) -> Result<(), (Violation, Option<usize>)> {
+        self.scan_inner(data, observer, false).map(|_| ())
+    }
+
+    /// As [`Frames::scan_at`], but stops where the current frame ends; returns how
+    /// many bytes it took (all of `data` if the frame goes on past it).
+    pub fn scan_frame(
+        &mut self,
+        data: &[u8],
+        observer: &mut impl Observer,
+    ) -> Result<usize, (Violation, Option<usize>)> {
+        self.scan_inner(data, observer, true)
+    }
+
+    fn scan_inner(
+        &mut self,
+        data: &[u8],
+        observer: &mut impl Observer,
+        one_frame: bool,
+    ) -> Result<usize, (Violation, Option<usize>)> {
         let mut pos = 0;
         while pos < data.len() {
+            if one_frame && pos > 0 && self.at_frame_boundary() {
+                break;
+            }
             let rest = &data[pos..];
             if self.have > 0 || (self.left == 0 && self.control.is_none()) {
                 let start = pos.checked_sub(usize::from(self.have));
@@ -344,7 +375,7 @@ impl Frames {
                 }
             }
         }
-        Ok(())
+        Ok(pos)
     }
 
     /// The header is whole: checks it and sets up for its payload.
@@ -380,6 +411,9 @@ impl Frames {
             let size = message.size.saturating_add(header.len);
             if size > self.limits.max_message {
                 return Err(Violation::MessageTooBig);
+            }
+            if header.opcode != OpCode::Continuation && !observer.admit(&header) {
+                return Err(Violation::RateLimited);
             }
             self.message = Some(Message { size, ..message });
             self.fin = header.fin;

@@ -1,5 +1,6 @@
 //! A tunnel's legs: the upgraded connections hyper hands over, unwrapped to plain
-//! sockets where that is possible, so that the splice transfer can use them.
+//! sockets where that is possible, so that the splice transfer can use them; and the
+//! transfers a pair of legs can use.
 
 use std::io;
 use std::pin::Pin;
@@ -7,6 +8,10 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
+
+#[cfg(target_os = "linux")]
+use super::splice;
+use super::{Dir, Side, Step, Transfer, copy, ws};
 
 /// Any async byte stream a leg can be.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -79,6 +84,52 @@ impl AsyncWrite for Leg {
         match self.get_mut() {
             Leg::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Leg::Stream(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The transfers a tunnel between upgraded connections can use.
+pub enum Transfers {
+    #[cfg(target_os = "linux")]
+    Sockets(splice::Sockets),
+    Copy(copy::Copy<Leg, Leg>),
+}
+
+impl Transfer for Transfers {
+    fn poll_dir(
+        &mut self,
+        dir: Dir,
+        cx: &mut Context<'_>,
+        step: &mut Step<'_>,
+    ) -> Poll<Result<(), Side>> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Transfers::Sockets(t) => t.poll_dir(dir, cx, step),
+            Transfers::Copy(t) => t.poll_dir(dir, cx, step),
+        }
+    }
+
+    fn eof(&self, dir: Dir) -> bool {
+        match self {
+            #[cfg(target_os = "linux")]
+            Transfers::Sockets(t) => t.eof(dir),
+            Transfers::Copy(t) => t.eof(dir),
+        }
+    }
+
+    fn total(&self, dir: Dir) -> u64 {
+        match self {
+            #[cfg(target_os = "linux")]
+            Transfers::Sockets(t) => t.total(dir),
+            Transfers::Copy(t) => t.total(dir),
+        }
+    }
+
+    fn track(&mut self, dir: Dir) -> Option<&mut ws::Track> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Transfers::Sockets(t) => t.track(dir),
+            Transfers::Copy(t) => t.track(dir),
         }
     }
 }

@@ -296,6 +296,10 @@ impl Pump {
                     self.early = Bytes::copy_from_slice(close.as_bytes());
                     continue;
                 }
+                if let Some(ping) = track.take_ping() {
+                    self.early = Bytes::copy_from_slice(ping.as_bytes());
+                    continue;
+                }
                 if !track.reads() {
                     self.eof = true;
                 }

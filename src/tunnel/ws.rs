@@ -11,10 +11,13 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus::local::LocalHistogram;
+mod control;
+mod seen;
 
+use self::control::ControlFrame;
+use self::seen::{Bucket, Seen};
 use super::Step;
-use super::frames::{Frames, Header, Limits, Observer, OpCode, Sender, Violation};
+use super::frames::{Frames, Limits, Sender, Violation};
 use crate::metrics::websocket::{From, WsDirMetrics, WsMetrics};
 
 /// Room kept before the bytes of each read for a held partial header (at most 13
@@ -67,6 +70,8 @@ pub struct Setup {
     pub limits: Limits,
     /// The Close code sluice sends when it ends a tunnel (`close_code`).
     pub close_code: u16,
+    /// `max_messages_per_second`, per direction.
+    pub max_messages_per_second: Option<f64>,
 }
 
 /// Where a direction's reading is.
@@ -100,6 +105,14 @@ pub struct Track {
     pub messages: u64,
     /// The last header announced a payload worth splicing (see [`SPLICE_MIN`]).
     pub big: bool,
+    /// Bytes came from the reader since the liveness check last looked.
+    pub heard: bool,
+    /// A Ping of sluice's (its token) to write this way at the next frame boundary.
+    ping_due: Option<u32>,
+    /// sluice Pinged the reader: the token whose Pong is taken out of the stream.
+    awaiting_pong: Option<u32>,
+    /// `max_messages_per_second`; boxed, as most routes have none.
+    bucket: Option<Box<Bucket>>,
 }
 
 /// What to do with one read.
@@ -128,7 +141,38 @@ impl Track {
             peer_close: None,
             messages: 0,
             big: false,
+            heard: false,
+            ping_due: None,
+            awaiting_pong: None,
+            bucket: setup
+                .max_messages_per_second
+                .map(|r| Box::new(Bucket::new(r))),
         }
+    }
+
+    /// Pings the writer's peer at the next frame boundary; its Pong will come back
+    /// through the other direction's tracker ([`Track::await_pong`]).
+    pub fn ping(&mut self, token: u32) {
+        self.ping_due = Some(token);
+    }
+
+    /// sluice Pinged this tracker's reader with `token`: its Pong is not forwarded.
+    pub fn await_pong(&mut self, token: u32) {
+        self.awaiting_pong = Some(token);
+    }
+
+    /// Takes the Ping due this way, if one is and the writer is between frames (and
+    /// the tunnel is not ending).
+    pub fn take_ping(&mut self) -> Option<ControlFrame> {
+        let between = self.frames.at_frame_boundary() || !self.frames.partial_header().is_empty();
+        if self.reading != Reading::Forward || !between {
+            return None;
+        }
+        let token = self.ping_due.take()?;
+        Some(ControlFrame::ping(
+            token,
+            self.frames.sender() == Sender::Client,
+        ))
     }
 
     /// The configured Close code.
@@ -193,19 +237,21 @@ impl Track {
     }
 
     /// Takes a close frame to write (clearing `close_due`), counted as sluice's.
-    pub fn take_close(&mut self, metrics: &WsMetrics) -> CloseFrame {
+    pub fn take_close(&mut self, metrics: &WsMetrics) -> ControlFrame {
         self.close_due = false;
         self.passed_close = true;
         self.sent_close = true;
         metrics.close(Some(self.close_code), From::Sluice);
-        CloseFrame::new(self.close_code, self.frames.sender() == Sender::Client)
+        ControlFrame::close(self.close_code, self.frames.sender() == Sender::Client)
     }
 
     /// `n` payload bytes moved unread (spliced); `n` at most [`Track::payload_left`].
     pub fn skip(&mut self, n: u64, m: &WsDirMetrics) {
+        self.heard = true;
         let mut seen = Seen::new(m);
         self.frames.skip(n, &mut seen);
-        self.settle(seen);
+        let summary = seen.flush();
+        self.settle(summary);
         if self.reading == Reading::ToBoundary && self.frames.at_frame_boundary() {
             self.boundary();
         }
@@ -220,8 +266,29 @@ impl Track {
         let mut prefix = [0u8; HOLD];
         prefix[..held].copy_from_slice(self.frames.partial_header());
         buf[start..HOLD].copy_from_slice(&prefix[..held]);
+        self.heard = true;
+        let mut seen = Seen::new(m)
+            .with_bucket(self.bucket.as_deref_mut())
+            .watching(self.awaiting_pong);
+        if self.reading == Reading::Forward && self.awaiting_pong.is_some() {
+            let taken = watch(&mut self.frames, buf, start, n, &mut seen);
+            let pong_seen = seen.pong_seen;
+            let summary = seen.flush();
+            if taken.violation.is_some() {
+                self.close_due = !self.passed_close;
+                self.reading = Reading::Done;
+            }
+            let close = summary.close;
+            self.settle(summary);
+            if pong_seen {
+                self.awaiting_pong = None;
+            }
+            if close.is_some() {
+                self.passed_close = true;
+            }
+            return taken;
+        }
         let data = &buf[HOLD..HOLD + n];
-        let mut seen = Seen::new(m);
         let mut taken = Taken {
             forward: start..start,
             violation: None,
@@ -250,7 +317,9 @@ impl Track {
                     Err(_) => self.reading = Reading::Done,
                 }
                 if self.reading == Reading::ToBoundary && self.frames.at_frame_boundary() {
-                    self.boundary();
+                    // As `boundary`, field by field: `seen` holds the bucket.
+                    self.reading = Reading::Discard;
+                    self.close_due = !self.passed_close;
                 }
                 rest = k..n;
             }
@@ -270,19 +339,70 @@ impl Track {
                 self.reading = Reading::Done;
             }
         }
-        self.settle(seen);
+        let summary = seen.flush();
+        self.settle(summary);
         taken
     }
 
     /// Folds what an observer saw into the counts.
-    fn settle(&mut self, seen: Seen<'_>) {
+    fn settle(&mut self, seen: seen::Summary) {
         if let Some(len) = seen.last_len {
             self.big = len >= SPLICE_MIN;
         }
         if self.peer_close.is_none() {
             self.peer_close = seen.close;
         }
-        self.messages += seen.flush();
+        self.messages += seen.messages;
+    }
+}
+
+/// Takes one read while a Pong to sluice's Ping is awaited from its reader: frame by
+/// frame, so that the Pong, once whole, can be cut out of what is forwarded. The
+/// bytes after it move down over it. Silent peers are the ones pinged, so this path
+/// sees little. A Pong split across reads has had its first bytes forwarded already:
+/// it goes on whole, as an unsolicited Pong, which peers ignore (RFC 6455 §5.5.3).
+fn watch(
+    frames: &mut Frames,
+    buf: &mut [u8],
+    start: usize,
+    n: usize,
+    seen: &mut Seen<'_>,
+) -> Taken {
+    let end = HOLD + n;
+    let mut src = HOLD;
+    // Where kept bytes go, and where the frame being read began there.
+    let mut out = HOLD;
+    let mut frame_begin = start;
+    while src < end {
+        if frames.at_frame_boundary() && frames.partial_header().is_empty() {
+            frame_begin = out;
+        }
+        match frames.scan_frame(&buf[src..end], seen) {
+            Ok(k) => {
+                buf.copy_within(src..src + k, out);
+                src += k;
+                out += k;
+                if seen.pong_seen && seen.pong.is_some() {
+                    // sluice's Pong, whole in this read: drop it (once).
+                    out = frame_begin;
+                    seen.pong = None;
+                }
+            }
+            Err((violation, at)) => {
+                let good = at.map_or(frame_begin, |a| {
+                    buf.copy_within(src..src + a, out);
+                    out + a
+                });
+                return Taken {
+                    forward: start..good,
+                    violation: Some(violation),
+                };
+            }
+        }
+    }
+    Taken {
+        forward: start..out - frames.partial_header().len(),
+        violation: None,
     }
 }
 
@@ -294,120 +414,6 @@ pub fn take_all(track: &mut Track, early: &[u8], step: &mut Step<'_>) -> Vec<u8>
     let taken = track.take(&mut buf, early.len(), step.ws_dir());
     step.violation = step.violation.or(taken.violation);
     buf[taken.forward].to_vec()
-}
-
-/// A Close frame sluice writes: code only, masked toward an upstream.
-pub struct CloseFrame {
-    bytes: [u8; 8],
-    len: u8,
-}
-
-impl CloseFrame {
-    /// `masked` with a fresh key when it goes to a server (RFC 6455 §5.3).
-    pub fn new(code: u16, masked: bool) -> CloseFrame {
-        let [hi, lo] = code.to_be_bytes();
-        if masked {
-            let key = fastrand::u32(..).to_ne_bytes();
-            CloseFrame {
-                bytes: [
-                    0x88,
-                    0x82,
-                    key[0],
-                    key[1],
-                    key[2],
-                    key[3],
-                    hi ^ key[0],
-                    lo ^ key[1],
-                ],
-                len: 8,
-            }
-        } else {
-            CloseFrame {
-                bytes: [0x88, 0x02, hi, lo, 0, 0, 0, 0],
-                len: 4,
-            }
-        }
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-}
-
-/// Counts what one read's frames were, on the stack, and adds them to the shared
-/// counters once per read rather than once per frame.
-struct Seen<'a> {
-    m: &'a WsDirMetrics,
-    frames: [u32; 6],
-    messages: u32,
-    /// Sizes past the first are gathered locally: a read of a hundred small messages
-    /// costs one flush of the histogram, not a hundred atomic updates.
-    first_size: Option<u64>,
-    sizes: Option<LocalHistogram>,
-    close: Option<u16>,
-    last_len: Option<u64>,
-}
-
-impl<'a> Seen<'a> {
-    fn new(m: &'a WsDirMetrics) -> Seen<'a> {
-        Seen {
-            m,
-            frames: [0; 6],
-            messages: 0,
-            first_size: None,
-            sizes: None,
-            close: None,
-            last_len: None,
-        }
-    }
-
-    /// Adds the counts to the shared counters; returns the messages seen.
-    fn flush(self) -> u64 {
-        for (counter, &n) in self.m.frames.iter().zip(&self.frames) {
-            if n > 0 {
-                counter.inc_by(u64::from(n));
-            }
-        }
-        if self.messages > 0 {
-            self.m.messages.inc_by(u64::from(self.messages));
-        }
-        if let Some(size) = self.first_size {
-            self.m.sizes.observe(size as f64);
-        }
-        if let Some(local) = self.sizes {
-            local.flush();
-        }
-        u64::from(self.messages)
-    }
-}
-
-impl Observer for Seen<'_> {
-    fn frame(&mut self, header: &Header) {
-        self.frames[header.opcode.index()] += 1;
-        if !header.opcode.is_control() {
-            self.last_len = Some(header.len);
-        }
-    }
-
-    fn message(&mut self, _opcode: OpCode, size: u64) {
-        self.messages += 1;
-        if self.first_size.is_none() {
-            self.first_size = Some(size);
-        } else {
-            self.sizes
-                .get_or_insert_with(|| self.m.sizes.local())
-                .observe(size as f64);
-        }
-    }
-
-    fn control(&mut self, opcode: OpCode, payload: &[u8]) {
-        if opcode == OpCode::Close && self.close.is_none() {
-            self.close = Some(match payload {
-                [hi, lo, ..] => u16::from_be_bytes([*hi, *lo]),
-                _ => 1005,
-            });
-        }
-    }
 }
 
 /// Whether a refusal may be logged now: at most 10 lines a second for the process, so
@@ -435,6 +441,7 @@ pub fn reason(v: Violation) -> &'static str {
     match v {
         Violation::FrameTooBig => "frame_too_big",
         Violation::MessageTooBig => "message_too_big",
+        Violation::RateLimited => "rate",
         _ => "protocol",
     }
 }

@@ -33,6 +33,7 @@ fn setup() -> Setup {
         rsv: Rsv::None,
         limits: Limits::NONE,
         close_code: 1001,
+        max_messages_per_second: None,
     }
 }
 
@@ -139,7 +140,7 @@ fn ending_at_a_boundary_closes_at_once_unless_a_close_already_went() {
     track.begin_close(1001);
     assert!(!track.close_due);
     assert_eq!(
-        CloseFrame::new(1001, false).as_bytes(),
+        ControlFrame::close(1001, false).as_bytes(),
         &[0x88, 0x02, 0x03, 0xE9]
     );
 }

@@ -1,0 +1,136 @@
+//! How a tracked tunnel ends well: the closing handshake sluice begins (for a stop, a
+//! peer's bad frames, or a silent peer), and the Pings that find silent peers.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::frames::Violation;
+use super::{Dir, End, Transfer, ws};
+use crate::metrics::websocket::{From, WsMetrics};
+
+/// Begins the closing handshake for `end`: each direction finishes its frame and
+/// writes sluice's Close; the tunnel is cut if it is not over within `close_timeout`.
+pub(super) fn begin_closing<T: Transfer>(
+    transfer: &mut T,
+    end: End,
+    closing: &mut Option<End>,
+    hard: &mut Option<(Instant, End)>,
+    close_timeout: Option<Duration>,
+    now: Instant,
+) {
+    *closing = Some(end);
+    for dir in [Dir::Up, Dir::Down] {
+        if let Some(track) = transfer.track(dir) {
+            track.begin_close(track.close_code());
+        }
+    }
+    *hard = Some((now + close_timeout.unwrap_or(Duration::from_secs(5)), end));
+}
+
+/// A peer's frames broke the rules or a limit in `dir`: its reader stopped at the bad
+/// header (and has its own Close to the other peer due); the violator gets a Close
+/// with the violation's code, and the tunnel is cut if the closing handshake is not
+/// over within `close_timeout`.
+pub(super) fn refuse<T: Transfer>(
+    transfer: &mut T,
+    dir: Dir,
+    v: Violation,
+    ws: Option<&WsMetrics>,
+    closing: &mut Option<End>,
+    hard: &mut Option<(Instant, End)>,
+    close_timeout: Option<Duration>,
+) {
+    let (from, end, back) = match dir {
+        Dir::Up => (From::Client, End::ClientViolation, Dir::Down),
+        Dir::Down => (From::Upstream, End::UpstreamViolation, Dir::Up),
+    };
+    if let Some(m) = ws {
+        m.refusal(from, ws::reason(v));
+    }
+    if ws::log_allowed() {
+        tracing::info!(from = from.as_str(), violation = %v, code = v.close_code(), "closing a tunnel for its frames");
+    }
+    if let Some(track) = transfer.track(back) {
+        track.begin_close(v.close_code());
+    }
+    if closing.is_none() {
+        *closing = Some(end);
+        let close = close_timeout.unwrap_or(Duration::from_secs(5));
+        *hard = Some((Instant::now() + close, end));
+    }
+}
+
+/// Records the first Close of the tunnel, from the peers' or sluice's.
+pub(super) fn note_closes<T: Transfer>(transfer: &mut T, first: &mut Option<(u16, From)>) {
+    if first.is_some() {
+        return;
+    }
+    for (dir, from) in [(Dir::Up, From::Client), (Dir::Down, From::Upstream)] {
+        if let Some(track) = transfer.track(dir) {
+            if let Some(code) = track.peer_close {
+                *first = Some((code, from));
+                return;
+            }
+            if let Some(code) = track.sent_close() {
+                *first = Some((code, From::Sluice));
+                return;
+            }
+        }
+    }
+}
+
+/// sluice's Pings to peers that have gone silent (`ping_interval`, `ping_timeout`).
+pub(super) struct Liveness {
+    pub(super) interval: Duration,
+    pub(super) timeout: Duration,
+    /// When to look next.
+    pub(super) next: Instant,
+    /// For the client and the upstream: since when a Ping of sluice's is unanswered.
+    pub(super) since: [Option<Instant>; 2],
+}
+
+impl Liveness {
+    /// Looks at both peers: one that sent nothing since the last look gets a Ping,
+    /// anything from it proves it alive, and one whose Ping went unanswered for
+    /// `timeout` is named.
+    pub(super) fn look<T: Transfer>(&mut self, transfer: &mut T, now: Instant) -> Option<From> {
+        // The client is read by the Up direction and written by the Down one.
+        let sides = [
+            (Dir::Up, Dir::Down, From::Client),
+            (Dir::Down, Dir::Up, From::Upstream),
+        ];
+        let mut dead = None;
+        for (i, (reader, writer, who)) in sides.into_iter().enumerate() {
+            if transfer.eof(reader) || transfer.eof(writer) {
+                // Half-closed: the idle timers watch what is left.
+                self.since[i] = None;
+                continue;
+            }
+            let track = transfer.track(reader)?;
+            if std::mem::take(&mut track.heard) {
+                self.since[i] = None;
+                continue;
+            }
+            match self.since[i] {
+                Some(at) if now >= at + self.timeout => dead = Some(who),
+                Some(_) => {}
+                None => {
+                    let token = fastrand::u32(..);
+                    track.await_pong(token);
+                    if let Some(out) = transfer.track(writer) {
+                        out.ping(token);
+                    }
+                    self.since[i] = Some(now);
+                }
+            }
+        }
+        self.next = self
+            .since
+            .iter()
+            .flatten()
+            .map(|at| *at + self.timeout)
+            .fold(now + self.interval, Instant::min);
+        dead
+    }
+}
