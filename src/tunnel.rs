@@ -42,7 +42,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use self::closing::{Liveness, begin_closing, note_closes, refuse};
 use self::frames::{Sender, Violation};
 pub use self::leg::{Io, Leg, Transfers};
-use crate::metrics::websocket::{From, WsDirMetrics, WsMetrics};
+use crate::metrics::websocket::{From, WsMetrics};
 
 /// Why a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,8 +243,8 @@ pub enum Side {
 pub struct Step<'a> {
     /// The direction's byte counter.
     pub counter: &'a IntCounter,
-    /// The route's frame metrics and the direction's, when frames are tracked.
-    ws: Option<(&'a WsMetrics, &'a WsDirMetrics)>,
+    /// The route's frame metrics, when frames are tracked.
+    ws: Option<&'a WsMetrics>,
     /// Bytes moved.
     pub moved: bool,
     /// The reader broke the framing rules or a limit.
@@ -252,10 +252,10 @@ pub struct Step<'a> {
 }
 
 impl<'a> Step<'a> {
-    fn new(counter: &'a IntCounter, ws: Option<&'a WsMetrics>, dir: Dir) -> Step<'a> {
+    fn new(counter: &'a IntCounter, ws: Option<&'a WsMetrics>) -> Step<'a> {
         Step {
             counter,
-            ws: ws.map(|m| (m, if dir == Dir::Up { &m.up } else { &m.down })),
+            ws,
             moved: false,
             violation: None,
         }
@@ -263,12 +263,7 @@ impl<'a> Step<'a> {
 
     /// The route's frame metrics; a tracked direction always has them.
     pub fn ws_route(&self) -> &'a WsMetrics {
-        self.ws.expect("tracked tunnels have frame metrics").0
-    }
-
-    /// The direction's frame metrics.
-    pub fn ws_dir(&self) -> &'a WsDirMetrics {
-        self.ws.expect("tracked tunnels have frame metrics").1
+        self.ws.expect("tracked tunnels have frame metrics")
     }
 }
 
@@ -445,7 +440,7 @@ impl<T: Transfer> Future for Tunnel<T> {
             if this.done[i] {
                 continue;
             }
-            let mut step = Step::new(counter, ws, dir);
+            let mut step = Step::new(counter, ws);
             let polled = this.transfer.poll_dir(dir, cx, &mut step);
             moved |= step.moved;
             if let Some(v) = step.violation {

@@ -223,7 +223,7 @@ impl Pump {
                         step.moved = true;
                         let range = match &mut self.ws {
                             Some(track) => {
-                                let taken = track.take(scratch, n, step.ws_dir());
+                                let taken = track.take(scratch, n, step.ws_route());
                                 step.violation = step.violation.or(taken.violation);
                                 taken.forward
                             }

@@ -414,7 +414,7 @@ impl Pump {
             });
             return match got {
                 Ok(()) | Err(_) if n > 0 => {
-                    track.skip(n as u64, step.ws_dir());
+                    track.skip(n as u64, step.ws_route());
                     self.in_pipe = n;
                     self.pipe = Some(pipe);
                     self.total += n as u64;
@@ -455,7 +455,7 @@ impl Pump {
                     self.total += n as u64;
                     step.counter.inc_by(n as u64);
                     step.moved = true;
-                    let taken = track.take(scratch, n, step.ws_dir());
+                    let taken = track.take(scratch, n, step.ws_route());
                     step.violation = step.violation.or(taken.violation);
                     let data = &scratch[taken.forward];
                     if data.is_empty() {

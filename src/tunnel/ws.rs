@@ -246,12 +246,12 @@ impl Track {
     }
 
     /// `n` payload bytes moved unread (spliced); `n` at most [`Track::payload_left`].
-    pub fn skip(&mut self, n: u64, m: &WsDirMetrics) {
+    pub fn skip(&mut self, n: u64, m: &WsMetrics) {
         self.heard = true;
-        let mut seen = Seen::new(m);
+        let mut seen = Seen::new(self.dir_metrics(m));
         self.frames.skip(n, &mut seen);
         let summary = seen.flush();
-        self.settle(summary);
+        self.settle(summary, m);
         if self.reading == Reading::ToBoundary && self.frames.at_frame_boundary() {
             self.boundary();
         }
@@ -260,14 +260,14 @@ impl Track {
     /// Takes one read: `buf[HOLD..HOLD + n]` holds its bytes, and `buf[..HOLD]` is room
     /// for a partial header held from the read before, which is put back in front.
     /// Returns what of `buf` to forward.
-    pub fn take(&mut self, buf: &mut [u8], n: usize, m: &WsDirMetrics) -> Taken {
+    pub fn take(&mut self, buf: &mut [u8], n: usize, m: &WsMetrics) -> Taken {
         let held = self.frames.partial_header().len();
         let start = HOLD - held;
         let mut prefix = [0u8; HOLD];
         prefix[..held].copy_from_slice(self.frames.partial_header());
         buf[start..HOLD].copy_from_slice(&prefix[..held]);
         self.heard = true;
-        let mut seen = Seen::new(m)
+        let mut seen = Seen::new(self.dir_metrics(m))
             .with_bucket(self.bucket.as_deref_mut())
             .watching(self.awaiting_pong);
         if self.reading == Reading::Forward && self.awaiting_pong.is_some() {
@@ -279,7 +279,7 @@ impl Track {
                 self.reading = Reading::Done;
             }
             let close = summary.close;
-            self.settle(summary);
+            self.settle(summary, m);
             if pong_seen {
                 self.awaiting_pong = None;
             }
@@ -340,17 +340,32 @@ impl Track {
             }
         }
         let summary = seen.flush();
-        self.settle(summary);
+        self.settle(summary, m);
         taken
     }
 
+    /// The metrics of the direction this tracker reads.
+    fn dir_metrics<'m>(&self, m: &'m WsMetrics) -> &'m WsDirMetrics {
+        match self.frames.sender() {
+            Sender::Client => &m.up,
+            Sender::Server => &m.down,
+        }
+    }
+
     /// Folds what an observer saw into the counts.
-    fn settle(&mut self, seen: seen::Summary) {
+    fn settle(&mut self, seen: seen::Summary, m: &WsMetrics) {
         if let Some(len) = seen.last_len {
             self.big = len >= SPLICE_MIN;
         }
-        if self.peer_close.is_none() {
-            self.peer_close = seen.close;
+        if let Some(code) = seen.close
+            && self.peer_close.is_none()
+        {
+            self.peer_close = Some(code);
+            let from = match self.frames.sender() {
+                Sender::Client => From::Client,
+                Sender::Server => From::Upstream,
+            };
+            m.close(Some(code), from);
         }
         self.messages += seen.messages;
     }
@@ -411,7 +426,7 @@ fn watch(
 pub fn take_all(track: &mut Track, early: &[u8], step: &mut Step<'_>) -> Vec<u8> {
     let mut buf = vec![0; HOLD + early.len()];
     buf[HOLD..].copy_from_slice(early);
-    let taken = track.take(&mut buf, early.len(), step.ws_dir());
+    let taken = track.take(&mut buf, early.len(), step.ws_route());
     step.violation = step.violation.or(taken.violation);
     buf[taken.forward].to_vec()
 }

@@ -43,7 +43,7 @@ fn feed(
     track: &mut Track,
     stream: &[u8],
     piece: usize,
-    m: &WsDirMetrics,
+    m: &WsMetrics,
 ) -> (Vec<u8>, Option<Violation>) {
     let mut out = Vec::new();
     for chunk in stream.chunks(piece) {
@@ -71,7 +71,7 @@ fn forwards_every_byte_of_good_frames_at_any_split() {
     stream.extend(frame(0x80, &[1; 70_000], Some(MASK)));
     for piece in [1, 2, 3, 7, 13, 14, 15, 100, 4096, stream.len()] {
         let mut track = Track::new(Sender::Client, &setup());
-        let (out, v) = feed(&mut track, &stream, piece, &m.up);
+        let (out, v) = feed(&mut track, &stream, piece, &m);
         assert_eq!(v, None);
         assert!(out == stream, "piece {piece}: forwarded bytes differ");
         assert_eq!(track.messages, 2);
@@ -88,7 +88,7 @@ fn a_bad_header_split_across_reads_is_never_forwarded() {
     stream.extend(&bad);
     for piece in 1..=stream.len() {
         let mut track = Track::new(Sender::Client, &setup());
-        let (out, v) = feed(&mut track, &stream, piece, &m.up);
+        let (out, v) = feed(&mut track, &stream, piece, &m);
         assert_eq!(v, Some(Violation::Masking), "piece {piece}");
         assert_eq!(out, good, "piece {piece}: forwarded past the good frame");
         // The writer is at a boundary: its peer gets sluice's Close.
@@ -104,14 +104,14 @@ fn ending_lets_the_frame_in_flight_finish_then_reads_for_the_close() {
     let next = frame(0x81, b"after", None);
     let close = frame(0x88, &[0x03, 0xE8], None);
     let mut track = Track::new(Sender::Server, &setup());
-    let (out, _) = feed(&mut track, &big[..500], 500, &m.down);
+    let (out, _) = feed(&mut track, &big[..500], 500, &m);
     assert_eq!(out, &big[..500]);
     track.begin_close(1001);
     assert!(!track.close_due, "mid-frame: not yet");
     let mut rest = big[500..].to_vec();
     rest.extend(&next);
     rest.extend(&close);
-    let (out, _) = feed(&mut track, &rest, rest.len(), &m.down);
+    let (out, _) = feed(&mut track, &rest, rest.len(), &m);
     assert_eq!(
         out,
         &big[500..],
@@ -136,7 +136,7 @@ fn ending_at_a_boundary_closes_at_once_unless_a_close_already_went() {
 
     // A direction that already carried its peer's Close sends no second one.
     let mut track = Track::new(Sender::Server, &setup());
-    feed(&mut track, &frame(0x88, &[0x03, 0xE8], None), 100, &m.down);
+    feed(&mut track, &frame(0x88, &[0x03, 0xE8], None), 100, &m);
     track.begin_close(1001);
     assert!(!track.close_due);
     assert_eq!(
@@ -177,7 +177,7 @@ fn limits_refuse_with_1009() {
     let mut stream = frame(0x01, &[1; 600], Some(MASK));
     let first = stream.len();
     stream.extend(frame(0x80, &[1; 600], Some(MASK)));
-    let (out, v) = feed(&mut track, &stream, 64, &m.up);
+    let (out, v) = feed(&mut track, &stream, 64, &m);
     assert_eq!(v, Some(Violation::MessageTooBig));
     assert_eq!(v.unwrap().close_code(), 1009);
     assert_eq!(
