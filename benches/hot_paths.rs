@@ -177,5 +177,45 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// 128 masked 64-byte text frames: one read's worth at window 128 in compare.sh.
+fn burst() -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..128u8 {
+        out.extend_from_slice(&[0x81, 0x80 | 64, 1, 2, 3, i]);
+        out.extend(std::iter::repeat_n(b'x' ^ i, 64));
+    }
+    out
+}
+
+fn frames(c: &mut Criterion) {
+    use sluice::tunnel::frames::{Frames, Limits, Sender};
+    use sluice::tunnel::ws::{HOLD, Rsv, Setup, Track};
+    let data = burst();
+    let m = Metrics::new().route("r");
+    let mut g = c.benchmark_group("frames");
+    g.throughput(criterion::Throughput::Elements(128));
+    g.bench_function("scan 128 frames of 64 B", |b| {
+        let mut f = Frames::new(Sender::Client, false, Limits::NONE);
+        b.iter(|| f.scan(black_box(&data), &mut ()).is_ok())
+    });
+    let setup = Setup {
+        rsv: Rsv::None,
+        limits: Limits::NONE,
+        close_code: 1001,
+        max_messages_per_second: None,
+    };
+    let mut buf = vec![0u8; HOLD + data.len()];
+    buf[HOLD..].copy_from_slice(&data);
+    g.bench_function("take 128 frames of 64 B (counted)", |b| {
+        let mut t = Track::new(Sender::Client, &setup);
+        b.iter(|| {
+            t.take(black_box(&mut buf), data.len(), &m.websocket)
+                .forward
+                .len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, frames);
 criterion_main!(benches);

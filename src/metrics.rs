@@ -5,6 +5,7 @@
 //! so the number of series stays bounded. On the hot path a handle is an `Arc` to an
 //! atomic: updating it takes no lock and allocates nothing (see `benches/metrics.rs`).
 
+mod sizes;
 pub mod websocket;
 
 use std::sync::{Arc, OnceLock};

@@ -5,26 +5,22 @@
 //! resolved when the route is built, so counting a frame is one atomic add. Close codes
 //! are looked up per Close, which is once or twice per tunnel.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
-};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+
+use super::sizes::SizesFamily;
+pub use super::sizes::{LocalSizes, Sizes};
 
 /// The frame kinds counted, indexed as `crate::tunnel::frames::OpCode::index`.
 pub const KINDS: [&str; 6] = ["continuation", "text", "binary", "close", "ping", "pong"];
-
-// Message sizes in bytes, from a chat line to a large upload.
-const SIZE_BUCKETS: &[f64] = &[
-    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
-];
 
 /// The metric families, registered once per gateway.
 #[derive(Clone)]
 pub struct Families {
     messages: IntCounterVec,
     frames: IntCounterVec,
-    sizes: HistogramVec,
+    sizes: SizesFamily,
     closes: IntCounterVec,
     refusals: IntCounterVec,
 }
@@ -38,15 +34,7 @@ impl Families {
                 .expect("metric names are fixed and unique");
             v
         };
-        let sizes = HistogramVec::new(
-            HistogramOpts::new(
-                "sluice_websocket_message_size_bytes",
-                "Sizes of the WebSocket messages tunnels carried (payload bytes, as sent: compressed where permessage-deflate is on).",
-            )
-            .buckets(SIZE_BUCKETS.to_vec()),
-            &["route", "direction"],
-        )
-        .expect("valid metric");
+        let sizes = SizesFamily::new();
         registry
             .register(Box::new(sizes.clone()))
             .expect("metric names are fixed and unique");
@@ -77,10 +65,10 @@ impl Families {
 
     /// Handles for one route.
     pub fn route(&self, name: &str) -> WsMetrics {
-        let dir = |d: &str| WsDirMetrics {
+        let dir = |d: &'static str| WsDirMetrics {
             frames: KINDS.map(|k| self.frames.with_label_values(&[name, d, k])),
             messages: self.messages.with_label_values(&[name, d]),
-            sizes: self.sizes.with_label_values(&[name, d]),
+            sizes: self.sizes.series(name, d),
         };
         WsMetrics {
             route: name.to_owned(),
@@ -97,7 +85,7 @@ impl Families {
 pub struct WsDirMetrics {
     pub frames: [IntCounter; 6],
     pub messages: IntCounter,
-    pub sizes: Histogram,
+    pub sizes: Arc<Sizes>,
 }
 
 /// Who sent a Close.

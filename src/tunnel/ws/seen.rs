@@ -2,10 +2,8 @@
 //! stack and adds the counts to the shared metrics once per read, notes Closes and
 //! sluice's own Pong, and holds messages to their rate.
 
-use prometheus::local::LocalHistogram;
-
 use super::control::{PING_LEN, ping_payload};
-use crate::metrics::websocket::WsDirMetrics;
+use crate::metrics::websocket::{LocalSizes, WsDirMetrics};
 use crate::tunnel::frames::{Header, Observer, OpCode};
 
 /// `max_messages_per_second` for one direction: a token bucket holding a second's
@@ -48,10 +46,9 @@ pub(super) struct Seen<'a> {
     m: &'a WsDirMetrics,
     frames: [u32; 6],
     messages: u32,
-    /// Sizes past the first are gathered locally: a read of a hundred small messages
-    /// costs one flush of the histogram, not a hundred atomic updates.
-    first_size: Option<u64>,
-    sizes: Option<LocalHistogram>,
+    /// Sizes gathered here: a read of a hundred small messages costs one update of
+    /// the histogram, not a hundred.
+    sizes: LocalSizes,
     pub(super) close: Option<u16>,
     pub(super) last_len: Option<u64>,
     /// `max_messages_per_second`, when set.
@@ -68,8 +65,7 @@ impl<'a> Seen<'a> {
             m,
             frames: [0; 6],
             messages: 0,
-            first_size: None,
-            sizes: None,
+            sizes: LocalSizes::default(),
             close: None,
             last_len: None,
             bucket: None,
@@ -100,12 +96,7 @@ impl<'a> Seen<'a> {
         if self.messages > 0 {
             self.m.messages.inc_by(u64::from(self.messages));
         }
-        if let Some(size) = self.first_size {
-            self.m.sizes.observe(size as f64);
-        }
-        if let Some(local) = self.sizes {
-            local.flush();
-        }
+        self.m.sizes.add(&self.sizes);
         Summary {
             messages: u64::from(self.messages),
             close: self.close,
@@ -133,13 +124,7 @@ impl Observer for Seen<'_> {
 
     fn message(&mut self, _opcode: OpCode, size: u64) {
         self.messages += 1;
-        if self.first_size.is_none() {
-            self.first_size = Some(size);
-        } else {
-            self.sizes
-                .get_or_insert_with(|| self.m.sizes.local())
-                .observe(size as f64);
-        }
+        self.sizes.observe(size);
     }
 
     fn admit(&mut self, _header: &Header) -> bool {
