@@ -26,7 +26,7 @@ fn bucket(size: u64) -> usize {
     }
     // Bits of (size - 1) / 64, halved (rounding up): log4 of size / 64, rounded up.
     let bits = 64 - ((size - 1) >> 6).leading_zeros() as usize;
-    ((bits + 1) / 2).min(BOUNDS)
+    bits.div_ceil(2).min(BOUNDS)
 }
 
 fn upper_bound(k: usize) -> f64 {
@@ -74,12 +74,15 @@ impl LocalSizes {
     }
 }
 
+/// Series by route and direction.
+type Series = HashMap<(String, &'static str), Arc<Sizes>>;
+
 /// The family: every route's two series, rendered on scrape. Clones share the
 /// series (one is registered, one hands out series).
 #[derive(Clone)]
 pub struct SizesFamily {
     desc: Desc,
-    series: Arc<Mutex<HashMap<(String, &'static str), Arc<Sizes>>>>,
+    series: Arc<Mutex<Series>>,
 }
 
 pub const NAME: &str = "sluice_websocket_message_size_bytes";
