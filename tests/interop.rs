@@ -174,3 +174,63 @@ ca = "{}"
     )
     .await;
 }
+
+/// Chromium's own WebSocket objects, opened through sluice to its built-in echo, see a
+/// clean Close 1001 from each tunnel while sluice drains, spread over time, and sluice
+/// exits 0 once they are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_sees_clean_closes_1001_when_sluice_drains() {
+    if !python_websockets()
+        || !peer_available("chromium", Command::new("chromium").arg("--version"))
+    {
+        return;
+    }
+    let mut sluice = support::process::Sluice::start(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[timeouts]
+drain = "4s"
+[websocket]
+close_timeout = "1s"
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+[[routes]]
+upstream = "echo"
+[upstreams.echo]
+builtin = "echo"
+"#,
+    );
+    let page = format!("http://{}/", sluice.http);
+    let ws = format!("ws://{}/chat", sluice.http);
+    let mut child = tokio::process::Command::new("python3")
+        .args([&script("browser_drain_check.py"), &page, &ws, "4"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Chromium's start is slow on a busy machine: a bound of its own.
+    let open = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the browser's sockets open")
+        .unwrap();
+    assert_eq!(open.as_deref(), Some("OPEN"));
+    sluice.signal("TERM");
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(40), lines.next_line())
+        .await
+        .expect("the browser reports its closes")
+        .unwrap()
+        .unwrap_or_default();
+    let codes: Vec<&str> = closed
+        .strip_prefix("CLOSED ")
+        .unwrap_or_else(|| panic!("{closed:?}"))
+        .split(',')
+        .collect();
+    assert_eq!(codes, ["1001:clean"; 4], "{closed}");
+    let (code, took) = sluice.wait_exit().await;
+    assert_eq!(code, Some(0));
+    assert!(took < std::time::Duration::from_secs(4), "took {took:?}");
+    assert!(child.wait().await.unwrap().success());
+}

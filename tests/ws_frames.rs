@@ -435,3 +435,49 @@ async fn an_rfc_8441_tunnel_gets_its_close_on_the_copying_transfer() {
     let (_, close) = until_close(&mut upstream, "the upstream's Close").await;
     assert_eq!((close.close_code(), close.masked), (Some(1001), true));
 }
+
+#[tokio::test]
+async fn runs_of_large_and_small_frames_pass_intact_and_a_bad_header_after_a_large_one_stops() {
+    // After a large frame sluice peeks at the next header and splices header and
+    // payload together; small ones go through memory. Every byte must pass as sent.
+    let (addr, mut ups) = raw_upstream("").await;
+    let gw = gateway_for(&[addr], "").await;
+    let (mut client, mut upstream) = open(gw.addr, &mut ups).await;
+    let mut sent = Vec::new();
+    let mut sizes = Vec::new();
+    for i in 0..24usize {
+        let n = match i % 4 {
+            0 | 1 => 70_000 + i,
+            2 => 20,
+            _ => 17_000,
+        };
+        let payload: Vec<u8> = (0..n).map(|b| (b * 7 + i) as u8).collect();
+        sent.extend(server_text_bytes(&payload));
+        sizes.push(payload);
+    }
+    // Then a masked frame from the server: a protocol error, right after a large one.
+    sent.extend(server_text_bytes(&vec![1u8; 70_000]));
+    sizes.push(vec![1u8; 70_000]);
+    let bad = frame(FIN | OP_BINARY, &[2u8; 100], MASK);
+    let mut all = sent.clone();
+    all.extend(&bad);
+    let writer = tokio::spawn(async move {
+        upstream.write_all(&all).await.unwrap();
+        upstream
+    });
+    for (i, payload) in sizes.iter().enumerate() {
+        let f = next(&mut client, "a frame").await;
+        assert!(f.payload == *payload, "frame {i} differs");
+    }
+    let f = next(&mut client, "the Close").await;
+    assert_eq!(f.close_code(), Some(1001), "the bad frame never passed");
+    let mut upstream = writer.await.unwrap();
+    let (_, close) = until_close(&mut upstream, "the upstream's Close").await;
+    assert_eq!(close.close_code(), Some(1002));
+}
+
+/// An unmasked text frame with any length (support's `server_text` too, kept apart
+/// for clarity of what is sent).
+fn server_text_bytes(payload: &[u8]) -> Vec<u8> {
+    frame(FIN | OP_TEXT, payload, None)
+}

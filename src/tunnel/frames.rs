@@ -485,7 +485,7 @@ impl Frames {
 }
 
 /// The header length the second byte announces.
-fn header_len(second: u8) -> u8 {
+pub fn header_len(second: u8) -> u8 {
     let ext = match second & 0x7F {
         126 => 2,
         127 => 8,

@@ -7,7 +7,8 @@
 //! descriptors are a budget too (two per pipe), and a gateway holding thousands of
 //! idle tunnels would otherwise spend two more per direction.
 //!
-//! This is the one module with `unsafe`: the `splice`, `pipe2` and `fcntl` calls.
+//! This module and its child `tracked` are the only ones with `unsafe`: the `splice`,
+//! `pipe2`, `fcntl` and `recv` (peek) calls.
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
@@ -19,7 +20,7 @@ use bytes::Bytes;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::ws::{self, HOLD, SPLICE_MIN, Track};
+use super::ws::{self, Track};
 use super::{Dir, Side, Step, Transfer};
 
 /// The most one splice call moves: the default pipe capacity (16 pages).
@@ -390,94 +391,7 @@ impl Pump {
     }
 }
 
-impl Pump {
-    /// One step of a tracked direction: a data payload long enough is spliced with
-    /// its exact length, so the next header is never in the pipe; anything else (a
-    /// run of small frames, headers, control frames) is read into memory, tracked
-    /// and written on in one write. What the writer does not take waits in `early`.
-    fn tracked_step(
-        &mut self,
-        src: &TcpStream,
-        dst: &TcpStream,
-        step: &mut Step<'_>,
-    ) -> Result<(), Side> {
-        let track = self.ws.as_mut().expect("a tracked pump");
-        let left = track.payload_left();
-        if left >= SPLICE_MIN
-            && let Ok(pipe) = Pipe::borrow()
-        {
-            let want = left.min(CHUNK as u64) as usize;
-            let mut n = 0;
-            let got = src.try_io(Interest::READABLE, || {
-                n = splice(src.as_raw_fd(), pipe.write.as_raw_fd(), want)?;
-                Ok(())
-            });
-            return match got {
-                Ok(()) | Err(_) if n > 0 => {
-                    track.skip(n as u64, step.ws_route());
-                    self.in_pipe = n;
-                    self.pipe = Some(pipe);
-                    self.total += n as u64;
-                    step.counter.inc_by(n as u64);
-                    step.moved = true;
-                    Ok(())
-                }
-                Ok(()) => {
-                    self.eof = true;
-                    track.eof();
-                    pipe.give_back();
-                    Ok(())
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    pipe.give_back();
-                    Ok(())
-                }
-                Err(_) => {
-                    pipe.give_back();
-                    Err(Side::Reader)
-                }
-            };
-        }
-        // After a large frame, read no further than the next header, so that its
-        // payload is spliced too; otherwise take whatever is there.
-        let cap = if track.big {
-            (left as usize + HOLD).min(super::copy::SCRATCH)
-        } else {
-            super::copy::SCRATCH
-        };
-        super::copy::with_scratch(|scratch| {
-            match src.try_read(&mut scratch[HOLD..HOLD + cap]) {
-                Ok(0) => {
-                    self.eof = true;
-                    track.eof();
-                }
-                Ok(n) => {
-                    self.total += n as u64;
-                    step.counter.inc_by(n as u64);
-                    step.moved = true;
-                    let taken = track.take(scratch, n, step.ws_route());
-                    step.violation = step.violation.or(taken.violation);
-                    let data = &scratch[taken.forward];
-                    if data.is_empty() {
-                        return Ok(());
-                    }
-                    let sent = match dst.try_write(data) {
-                        Ok(w) => w,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                        Err(_) => return Err(Side::Writer),
-                    };
-                    if sent < data.len() {
-                        self.early = Bytes::copy_from_slice(&data[sent..]);
-                    }
-                }
-                // Readiness is cleared; the next poll_read_ready waits.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Err(Side::Reader),
-            }
-            Ok(())
-        })
-    }
-}
+mod tracked;
 
 #[cfg(test)]
 mod tests {

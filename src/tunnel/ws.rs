@@ -195,6 +195,13 @@ impl Track {
         matches!(self.reading, Reading::Forward | Reading::ToBoundary)
     }
 
+    /// Whether the reader's next byte begins a frame that sluice forwards.
+    pub fn between_frames(&self) -> bool {
+        self.reading == Reading::Forward
+            && self.frames.at_frame_boundary()
+            && self.frames.partial_header().is_empty()
+    }
+
     /// Data payload bytes that may be moved unread now (spliced with this length).
     pub fn payload_left(&self) -> u64 {
         if self.forwarding() {
