@@ -350,6 +350,26 @@ impl Frames {
                     let header = parse(&rest[..len]).map_err(|v| (v, Some(pos)))?;
                     let start = pos;
                     pos += len;
+                    // Most frames are whole messages, text or binary, with no reserved
+                    // bit: checked in a few comparisons, and passed in this step when
+                    // the payload is here too. 6.7 to 5.0 ns a frame scanned, 10.3 to
+                    // 7.1 tracked and counted (benches/hot_paths.rs, frames).
+                    if header.fin
+                        && header.rsv == 0
+                        && matches!(header.opcode, OpCode::Text | OpCode::Binary)
+                        && self.message.is_none()
+                        && header.mask.is_some() == (self.sender == Sender::Client)
+                        && header.len <= self.limits.max_frame.min(self.limits.max_message)
+                        && (data.len() - pos) as u64 >= header.len
+                    {
+                        if !observer.admit(&header) {
+                            return Err((Violation::RateLimited, Some(start)));
+                        }
+                        observer.frame(&header);
+                        pos += header.len as usize;
+                        observer.message(header.opcode, header.len);
+                        continue;
+                    }
                     self.start_frame(header, observer)
                         .map_err(|v| (v, Some(start)))?;
                     if self.control.is_none() && self.left > 0 {
