@@ -72,7 +72,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(got, expected);
 });
 
-/// The tracker fed in pieces of 1 to 16 bytes (the sizes cycle from `seed`).
+/// The tracker fed in pieces of 1 to 16 bytes, or on odd seeds of up to 1,024 (whole
+/// frames in one piece, as the tracker's one-step path takes them); the sizes cycle
+/// from `seed`.
 fn tracked(
     stream: &[u8],
     sender: Sender,
@@ -86,7 +88,7 @@ fn tracked(
     let mut at = 0;
     let mut size = usize::from(seed);
     while at < stream.len() {
-        size = (size * 7 + 3) % 16 + 1;
+        size = (size * 7 + 3) % if seed & 1 == 1 { 1024 } else { 16 } + 1;
         let piece = size.min(stream.len() - at);
         let left = f.payload_left() as usize;
         if unread && left > 0 {

@@ -102,6 +102,7 @@ fuzz_target!(|data: &[u8]| {
                 origins: None,
                 upstream: upstream.clone(),
                 metrics: metrics.clone(),
+                websocket: Default::default(),
             },
         );
     }

@@ -107,17 +107,23 @@ impl Liveness {
                 self.since[i] = None;
                 continue;
             }
-            let track = transfer.track(reader)?;
-            if std::mem::take(&mut track.heard) {
+            if std::mem::take(&mut transfer.track(reader)?.heard) {
                 self.since[i] = None;
                 continue;
             }
             match self.since[i] {
+                // A Ping still waiting for the writer's frame in flight to end has not
+                // been sent: its clock starts again.
+                Some(_) if transfer.track(writer).is_some_and(|t| t.ping_pending()) => {
+                    self.since[i] = Some(now);
+                }
                 Some(at) if now >= at + self.timeout => dead = Some(who),
                 Some(_) => {}
                 None => {
                     let token = fastrand::u32(..);
-                    track.await_pong(token);
+                    if let Some(back) = transfer.track(reader) {
+                        back.await_pong(token);
+                    }
                     if let Some(out) = transfer.track(writer) {
                         out.ping(token);
                     }

@@ -47,10 +47,7 @@ impl<C, U> Copy<C, U> {
         to_client: Bytes,
         frames: Option<[Track; 2]>,
     ) -> Self {
-        let (up, down) = match frames {
-            Some([up, down]) => (Some(up), Some(down)),
-            None => (None, None),
-        };
+        let (up, down) = ws::split(frames);
         Copy {
             client,
             upstream,

@@ -553,4 +553,4 @@ pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -136,10 +136,7 @@ impl Sockets {
         to_client: Bytes,
         frames: Option<[Track; 2]>,
     ) -> Self {
-        let (up, down) = match frames {
-            Some([up, down]) => (Some(up), Some(down)),
-            None => (None, None),
-        };
+        let (up, down) = ws::split(frames);
         Sockets {
             client,
             upstream,

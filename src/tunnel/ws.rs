@@ -156,6 +156,11 @@ impl Track {
         self.ping_due = Some(token);
     }
 
+    /// Whether a Ping of sluice's still waits to be written this way.
+    pub fn ping_pending(&self) -> bool {
+        self.ping_due.is_some()
+    }
+
     /// sluice Pinged this tracker's reader with `token`: its Pong is not forwarded.
     pub fn await_pong(&mut self, token: u32) {
         self.awaiting_pong = Some(token);
@@ -425,6 +430,14 @@ fn watch(
     Taken {
         forward: start..out - frames.partial_header().len(),
         violation: None,
+    }
+}
+
+/// The two directions' trackers apart, client to upstream first.
+pub fn split(tracks: Option<[Track; 2]>) -> (Option<Track>, Option<Track>) {
+    match tracks {
+        Some([up, down]) => (Some(up), Some(down)),
+        None => (None, None),
     }
 }
 

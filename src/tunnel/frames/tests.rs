@@ -20,10 +20,10 @@ impl Observer for Seen {
     }
 }
 
-const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+pub(crate) const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 /// One frame on the wire: header (masked when `mask`) and payload.
-fn frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+pub(crate) fn frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut out = vec![first];
     let m = if mask.is_some() { 0x80 } else { 0 };
     match payload.len() {

@@ -1,32 +1,6 @@
 use super::*;
 use crate::metrics::Metrics;
-use crate::tunnel::frames::unmask;
-
-const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-
-/// One frame on the wire: header (masked when `mask`) and payload.
-fn frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut out = vec![first];
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n @ 0..=125 => out.push(m | n as u8),
-        n @ 126..=65535 => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let mut body = payload.to_vec();
-    if let Some(k) = mask {
-        out.extend_from_slice(&k);
-        unmask(&mut body, k);
-    }
-    out.extend_from_slice(&body);
-    out
-}
+use crate::tunnel::frames::tests::{MASK, frame};
 
 fn setup() -> Setup {
     Setup {
