@@ -317,6 +317,8 @@ pin_project_lite::pin_project! {
         close_timeout: Option<Duration>,
         // Why sluice is ending the tunnel, once its closing handshake has begun.
         closing: Option<End>,
+        // Half of close_timeout has gone since it began (see `ws::Track::frames_will_do`).
+        halfway: bool,
         // sluice's Pings to silent peers, when configured.
         liveness: Option<Box<Liveness>>,
         first_close: Option<(u16, From)>,
@@ -355,6 +357,7 @@ impl<T: Transfer> Tunnel<T> {
             spread: stops.spread,
             close_timeout: ws.map(|w| w.close_timeout),
             closing: None,
+            halfway: false,
             liveness: ws.and_then(|w| w.ping).map(|(interval, timeout)| {
                 Box::new(Liveness {
                     interval,
@@ -518,6 +521,18 @@ impl<T: Transfer> Future for Tunnel<T> {
                             Some(close),
                             now,
                         );
+                        cx.waker().wake_by_ref();
+                    }
+                    Some(close) if !*this.halfway => {
+                        // Half of close_timeout gone: a message still in flight gets
+                        // the Close between its fragments; the rest is the peers'.
+                        *this.halfway = true;
+                        for dir in [Dir::Up, Dir::Down] {
+                            if let Some(track) = this.transfer.track(dir) {
+                                track.frames_will_do();
+                            }
+                        }
+                        *this.hard = Some((now + close - close / 2, end));
                         cx.waker().wake_by_ref();
                     }
                     _ => return Poll::Ready(report(this.transfer, end, *this.first_close)),

@@ -353,25 +353,27 @@ async fn a_peer_that_stops_answering_pings_ends_the_tunnel_with_a_close() {
 }
 
 #[tokio::test]
-async fn the_lifetime_limit_closes_between_the_fragments_of_a_message() {
+async fn a_fragmented_message_in_flight_is_finished_before_the_close() {
     let (addr, mut ups) = raw_upstream("").await;
     let gw = gateway_for(&[addr], "[limits]\nmax_tunnel_lifetime = \"1s\"\n").await;
     let (mut client, mut upstream) = open(gw.addr, &mut ups).await;
-    // A fragmented message in flight: its first fragment, then nothing.
     upstream
         .write_all(&frame(OP_TEXT, b"part one", None))
         .await
         .unwrap();
-    let (before, close) = until_close(&mut client, "the Close").await;
-    assert_eq!(before.len(), 1);
-    assert_eq!(
-        (before[0].first, &before[0].payload[..]),
-        (OP_TEXT, &b"part one"[..])
-    );
-    assert_eq!(close.close_code(), Some(1001));
-    // The upstream gets its Close too, answers, and the tunnel ends.
+    // The upstream's own Close from sluice marks the tunnel ending; the message's last
+    // fragment is sent after it, and still reaches the client before its Close.
     let (_, theirs) = until_close(&mut upstream, "the upstream's Close").await;
     assert_eq!(theirs.close_code(), Some(1001));
+    upstream
+        .write_all(&frame(FIN | OP_CONTINUATION, b" and two", None))
+        .await
+        .unwrap();
+    let (before, close) = until_close(&mut client, "the Close").await;
+    let parts: Vec<&[u8]> = before.iter().map(|f| &f.payload[..]).collect();
+    assert_eq!(parts, [&b"part one"[..], &b" and two"[..]]);
+    assert_eq!(close.close_code(), Some(1001));
+    // Both answer; the tunnel ends.
     upstream.write_all(&close_frame_reply()).await.unwrap();
     client
         .write_all(&support::frames::close(1001, MASK))
@@ -379,6 +381,35 @@ async fn the_lifetime_limit_closes_between_the_fragments_of_a_message() {
         .unwrap();
     let rest = within("the end", read_to_eof(&mut client)).await;
     assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn a_fragmented_message_that_stalls_gets_the_close_between_its_fragments() {
+    let (addr, mut ups) = raw_upstream("").await;
+    let gw = gateway_for(
+        &[addr],
+        "[limits]\nmax_tunnel_lifetime = \"1s\"\n[websocket]\nclose_timeout = \"1s\"\n",
+    )
+    .await;
+    let (mut client, mut upstream) = open(gw.addr, &mut ups).await;
+    upstream
+        .write_all(&frame(OP_TEXT, b"part one", None))
+        .await
+        .unwrap();
+    let (_, theirs) = until_close(&mut upstream, "the upstream's Close").await;
+    let ending = Instant::now();
+    assert_eq!(theirs.close_code(), Some(1001));
+    // No second fragment: after half of close_timeout the Close comes between the
+    // fragments (RFC 6455 lets it).
+    let (before, close) = until_close(&mut client, "the Close").await;
+    let waited = ending.elapsed();
+    assert_eq!(before.len(), 1);
+    assert_eq!(
+        (before[0].first, &before[0].payload[..]),
+        (OP_TEXT, &b"part one"[..])
+    );
+    assert_eq!(close.close_code(), Some(1001));
+    assert!(waited >= Duration::from_millis(400), "after {waited:?}");
 }
 
 fn close_frame_reply() -> Vec<u8> {

@@ -9,8 +9,9 @@ use super::frames::Violation;
 use super::{Dir, End, Transfer, ws};
 use crate::metrics::websocket::{From, WsMetrics};
 
-/// Begins the closing handshake for `end`: each direction finishes its frame and
-/// writes sluice's Close; the tunnel is cut if it is not over within `close_timeout`.
+/// Begins the closing handshake for `end`: each direction finishes the message in
+/// flight (the frame, after half of `close_timeout`) and writes sluice's Close; the
+/// tunnel is cut if it is not over within `close_timeout`.
 pub(super) fn begin_closing<T: Transfer>(
     transfer: &mut T,
     end: End,
@@ -25,7 +26,11 @@ pub(super) fn begin_closing<T: Transfer>(
             track.begin_close(track.close_code());
         }
     }
-    *hard = Some((now + close_timeout.unwrap_or(Duration::from_secs(5)), end));
+    // First until messages in flight should be finished, then until the cut.
+    *hard = Some((
+        now + close_timeout.unwrap_or(Duration::from_secs(5)) / 2,
+        end,
+    ));
 }
 
 /// A peer's frames broke the rules or a limit in `dir`: its reader stopped at the bad
@@ -57,7 +62,7 @@ pub(super) fn refuse<T: Transfer>(
     if closing.is_none() {
         *closing = Some(end);
         let close = close_timeout.unwrap_or(Duration::from_secs(5));
-        *hard = Some((Instant::now() + close, end));
+        *hard = Some((Instant::now() + close / 2, end));
     }
 }
 

@@ -270,6 +270,11 @@ impl Frames {
         self.control.is_some()
     }
 
+    /// Whether a fragmented message has begun and not ended.
+    pub fn message_open(&self) -> bool {
+        self.message.is_some()
+    }
+
     /// Bytes of the current frame still to come, header bytes not yet read included
     /// as far as they are known; 0 at a frame boundary.
     pub fn frame_left(&self) -> u64 {

@@ -105,6 +105,9 @@ pub struct Track {
     pub messages: u64,
     /// The last header announced a payload worth splicing (see [`SPLICE_MIN`]).
     pub big: bool,
+    /// While ending: a fragmented message in flight is finished first, not just the
+    /// frame in flight.
+    whole: bool,
     /// Bytes came from the reader since the liveness check last looked.
     pub heard: bool,
     /// A Ping of sluice's (its token) to write this way at the next frame boundary.
@@ -141,6 +144,7 @@ impl Track {
             peer_close: None,
             messages: 0,
             big: false,
+            whole: false,
             heard: false,
             ping_due: None,
             awaiting_pong: None,
@@ -216,17 +220,36 @@ impl Track {
         }
     }
 
-    /// The tunnel is ending: finish the current frame, then write a Close with `code`
-    /// (unless a Close already went this way) and read only for the peer's Close.
+    /// The tunnel is ending: finish the message in flight (see [`Track::frames_will_do`]),
+    /// then write a Close with `code` (unless a Close already went this way) and read
+    /// only for the peer's Close.
     pub fn begin_close(&mut self, code: u16) {
         if self.reading != Reading::Forward {
             return;
         }
         self.close_code = code;
         self.reading = Reading::ToBoundary;
-        if self.frames.at_frame_boundary() || !self.frames.partial_header().is_empty() {
+        self.whole = true;
+        if self.stops_here() {
             self.boundary();
         }
+    }
+
+    /// The message in flight is taking too long: stop at the end of the frame in
+    /// flight instead (RFC 6455 lets a Close come between fragments).
+    pub fn frames_will_do(&mut self) {
+        self.whole = false;
+        if self.reading == Reading::ToBoundary && self.stops_here() {
+            self.boundary();
+        }
+    }
+
+    /// Whether an ending direction has forwarded all it will: it is between frames
+    /// (a partial header held back counts, it is never forwarded), and, while
+    /// messages are finished whole, no fragmented message is open.
+    fn stops_here(&self) -> bool {
+        let between = self.frames.at_frame_boundary() || !self.frames.partial_header().is_empty();
+        between && !(self.whole && self.frames.message_open())
     }
 
     /// The reader ended its stream. If the tunnel is ending and the writer is at a
@@ -264,7 +287,7 @@ impl Track {
         self.frames.skip(n, &mut seen);
         let summary = seen.flush();
         self.settle(summary, m);
-        if self.reading == Reading::ToBoundary && self.frames.at_frame_boundary() {
+        if self.reading == Reading::ToBoundary && self.stops_here() {
             self.boundary();
         }
     }
@@ -322,13 +345,30 @@ impl Track {
                 }
             },
             Reading::ToBoundary => {
-                // `begin_close` and `skip` move on at a boundary, so a frame is open.
-                let k = (self.frames.frame_left().min(n as u64)) as usize;
-                match self.frames.scan_at(&data[..k], &mut seen) {
-                    Ok(()) => taken.forward = start..HOLD + k,
-                    Err(_) => self.reading = Reading::Done,
+                // Frame by frame up to where the direction stops (`begin_close` and
+                // `skip` move on when it is already there).
+                let mut k = 0;
+                let mut stopped = false;
+                while k < n {
+                    match self.frames.scan_frame(&data[k..], &mut seen) {
+                        Ok(m) => k += m,
+                        Err(_) => {
+                            self.reading = Reading::Done;
+                            break;
+                        }
+                    }
+                    if seen.close.is_some() {
+                        self.passed_close = true;
+                    }
+                    let between =
+                        self.frames.at_frame_boundary() || !self.frames.partial_header().is_empty();
+                    if between && !(self.whole && self.frames.message_open()) {
+                        stopped = true;
+                        break;
+                    }
                 }
-                if self.reading == Reading::ToBoundary && self.frames.at_frame_boundary() {
+                taken.forward = start..HOLD + k - self.frames.partial_header().len();
+                if stopped && self.reading == Reading::ToBoundary {
                     // As `boundary`, field by field: `seen` holds the bucket.
                     self.reading = Reading::Discard;
                     self.close_due = !self.passed_close;

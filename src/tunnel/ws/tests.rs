@@ -160,3 +160,26 @@ fn limits_refuse_with_1009() {
         "the fragment that went over is not forwarded"
     );
 }
+
+#[test]
+fn ending_finishes_a_fragmented_message_until_frames_must_do() {
+    let m = metrics();
+    let mut track = Track::new(Sender::Server, &setup());
+    feed(&mut track, &frame(0x01, b"one", None), 100, &m);
+    track.begin_close(1001);
+    assert!(!track.close_due, "the message is open");
+    let (out, _) = feed(&mut track, &frame(0x80, b"two", None), 100, &m);
+    assert_eq!(out, frame(0x80, b"two", None), "its last fragment passes");
+    assert!(track.close_due);
+
+    // A message that does not finish: after frames_will_do, the Close goes between
+    // its fragments.
+    let mut track = Track::new(Sender::Server, &setup());
+    feed(&mut track, &frame(0x01, b"one", None), 100, &m);
+    track.begin_close(1001);
+    let (out, _) = feed(&mut track, &frame(0x00, b"two", None), 100, &m);
+    assert_eq!(out, frame(0x00, b"two", None));
+    assert!(!track.close_due);
+    track.frames_will_do();
+    assert!(track.close_due);
+}
