@@ -13,22 +13,6 @@ use std::process::{Command, Stdio};
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-fn peer_available(what: &str, check: &mut Command) -> bool {
-    let ok = check
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "{what} is required under CI (.ci/run installs it)"
-        );
-        eprintln!("skipped: {what} is not installed");
-    }
-    ok
-}
-
 fn python_websockets() -> bool {
     peer_available(
         "python3 with the websockets package",
@@ -233,4 +217,66 @@ builtin = "echo"
     assert_eq!(code, Some(0));
     assert!(took < std::time::Duration::from_secs(4), "took {took:?}");
     assert!(child.wait().await.unwrap().success());
+}
+
+/// Python's `websockets` on both sides (permessage-deflate agreed end to end), sluice
+/// between them draining: the client and the server each get a Close 1001 and answer
+/// it, and sluice exits 0 once they have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_and_server_both_get_1001_when_sluice_drains() {
+    if !python_websockets() {
+        return;
+    }
+    let mut server = tokio::process::Command::new("python3")
+        .args([&script("py_peer.py"), "server"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut server_lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let port: u16 = within("python server port", server_lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .strip_prefix("PORT ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut sluice = support::process::Sluice::start(&config(
+        &[format!("127.0.0.1:{port}").parse().unwrap()],
+        "[timeouts]\ndrain = \"3s\"\n",
+    ));
+    let mut client = tokio::process::Command::new("python3")
+        .args([
+            &script("py_peer.py"),
+            "wait-close",
+            &format!("ws://{}/drain", sluice.http),
+        ])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut client_lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let ext = within("the client's extensions", client_lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ext.contains("permessage-deflate"), "{ext}");
+    let open = within("the client's echo", client_lines.next_line())
+        .await
+        .unwrap();
+    assert_eq!(open.as_deref(), Some("OPEN"));
+    sluice.signal("TERM");
+    let closed = within("the client's close", client_lines.next_line())
+        .await
+        .unwrap();
+    assert_eq!(closed.as_deref(), Some("CLOSED 1001"));
+    let closed = within("the server's close", server_lines.next_line())
+        .await
+        .unwrap();
+    assert_eq!(closed.as_deref(), Some("CLOSED 1001"));
+    let (code, took) = sluice.wait_exit().await;
+    assert_eq!(code, Some(0));
+    assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
+    assert!(client.wait().await.unwrap().success());
 }

@@ -16,29 +16,13 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
 use support::pki::Ca;
 use support::process::Sluice;
-use support::{HttpClient, metric};
-
-fn peer_available(what: &str, check: &mut Command) -> bool {
-    let ok = check
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "{what} is required under CI (.ci/run installs it)"
-        );
-        eprintln!("skipped: {what} is not installed");
-    }
-    ok
-}
+use support::{HttpClient, metric, peer_available};
 
 /// The base64 SHA-256 of a certificate's SubjectPublicKeyInfo: what Chromium's
 /// `--ignore-certificate-errors-spki-list` takes.

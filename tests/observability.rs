@@ -16,23 +16,6 @@ use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
-fn tool(name: &str) -> bool {
-    let found = std::process::Command::new(name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").is_err(),
-            "{name} is required under CI (.ci/run installs it)"
-        );
-        eprintln!("skipped: {name} is not installed");
-    }
-    found
-}
-
 /// Polls the gateway's metrics until `series` has `value`.
 async fn await_metric(gw: &TestGateway, series: &str, value: f64) {
     let deadline = Instant::now() + STEP;
@@ -177,7 +160,10 @@ servers = ["{http_addr}"]
 
 #[tokio::test]
 async fn promtool_accepts_the_metrics() {
-    if !tool("promtool") {
+    if !peer_available(
+        "promtool",
+        std::process::Command::new("promtool").arg("--version"),
+    ) {
         return;
     }
     let backend = ws_echo_backend().await;
@@ -212,7 +198,10 @@ async fn promtool_accepts_the_metrics() {
 
 #[tokio::test]
 async fn a_real_prometheus_scrapes_sluice() {
-    if !tool("prometheus") {
+    if !peer_available(
+        "prometheus",
+        std::process::Command::new("prometheus").arg("--version"),
+    ) {
         return;
     }
     let backend = ws_echo_backend().await;

@@ -8,6 +8,10 @@
   py_peer.py client URL [CA]   connects (offering subprotocols; for wss:// verifying the
                        server against CA), checks text, binary, a 1 MiB message,
                        ping/pong and the close handshake; exits 0 on success.
+  py_peer.py wait-close URL   connects, echoes one message, prints "OPEN" and the
+                       extensions agreed ("EXT ..."), then waits for the server side
+                       to close and prints "CLOSED code".
+The server prints "CLOSED code" each time a connection ends, with the code it got.
 """
 import asyncio
 import ssl
@@ -18,12 +22,19 @@ import websockets
 
 async def serve(cert=None, key=None) -> None:
     async def handler(ws):
-        async for msg in ws:
-            if isinstance(msg, str) and msg.startswith("close "):
-                _, code, reason = msg.split(" ", 2)
-                await ws.close(int(code), reason)
-                return
-            await ws.send(msg)
+        try:
+            async for msg in ws:
+                if isinstance(msg, str) and msg.startswith("close "):
+                    _, code, reason = msg.split(" ", 2)
+                    await ws.close(int(code), reason)
+                    return
+                await ws.send(msg)
+        finally:
+            try:
+                print(f"CLOSED {ws.close_code}", flush=True)
+            except OSError:
+                pass  # nobody reads the server's output past its port
+
 
     def select(_conn, offered):
         return offered[0] if offered else None
@@ -65,8 +76,27 @@ async def client(url: str, ca=None) -> int:
     return 0
 
 
+async def wait_close(url: str) -> int:
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.send("before the drain")
+        assert await ws.recv() == "before the drain"
+        headers = getattr(ws, "response", None)
+        headers = headers.headers if headers is not None else ws.response_headers
+        print(f"EXT {headers.get('Sec-WebSocket-Extensions', '')}", flush=True)
+        print("OPEN", flush=True)
+        try:
+            while True:
+                await ws.recv()
+        except websockets.ConnectionClosed:
+            pass
+        print(f"CLOSED {ws.close_code}", flush=True)
+    return 0
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "server":
         asyncio.run(serve(*sys.argv[2:4]))
+    elif sys.argv[1] == "wait-close":
+        sys.exit(asyncio.run(wait_close(sys.argv[2])))
     else:
         sys.exit(asyncio.run(client(*sys.argv[2:4])))

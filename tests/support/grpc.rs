@@ -22,20 +22,10 @@ pub const SCENARIO: Duration = Duration::from_secs(30);
 /// Whether python3 with grpcio is here. When it is not, the test says so and passes,
 /// except under CI (`CI=true`), where `.ci/run` installs it and its absence fails.
 pub fn grpcio_available() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import grpc"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "python3 with grpcio is required under CI (.ci/run installs it)"
-        );
-        eprintln!("skipped: python3 with the grpcio package is not installed");
-    }
-    ok
+    super::peer_available(
+        "python3 with grpcio",
+        std::process::Command::new("python3").args(["-c", "import grpc"]),
+    )
 }
 
 fn script() -> String {

@@ -483,3 +483,23 @@ pub fn metric(text: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// Whether an outside program a test drives (a browser, another implementation, a
+/// tool) is here, checked by running `check`. When it is not, the test says so and
+/// passes, except under CI (`CI=true`), where `.ci/run` installs it and its absence
+/// fails.
+pub fn peer_available(what: &str, check: &mut std::process::Command) -> bool {
+    let ok = check
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{what} is required under CI (.ci/run installs it)"
+        );
+        eprintln!("skipped: {what} is not installed");
+    }
+    ok
+}
