@@ -349,11 +349,17 @@ impl Track {
                 // `skip` move on when it is already there).
                 let mut k = 0;
                 let mut stopped = false;
+                let mut bad = None;
                 while k < n {
                     match self.frames.scan_frame(&data[k..], &mut seen) {
                         Ok(m) => k += m,
-                        Err(_) => {
+                        Err((_, at)) => {
+                            // As in `Forward`: up to where the bad header began (in
+                            // the held bytes when it began in an earlier read), and
+                            // sluice's Close there.
+                            bad = Some(at.map_or(start, |a| HOLD + k + a));
                             self.reading = Reading::Done;
+                            self.close_due = !self.passed_close;
                             break;
                         }
                     }
@@ -367,7 +373,7 @@ impl Track {
                         break;
                     }
                 }
-                taken.forward = start..HOLD + k - self.frames.partial_header().len();
+                taken.forward = start..bad.unwrap_or(HOLD + k - self.frames.partial_header().len());
                 if stopped && self.reading == Reading::ToBoundary {
                     // As `boundary`, field by field: `seen` holds the bucket.
                     self.reading = Reading::Discard;

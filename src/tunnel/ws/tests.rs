@@ -183,3 +183,24 @@ fn ending_finishes_a_fragmented_message_until_frames_must_do() {
     track.frames_will_do();
     assert!(track.close_due);
 }
+
+#[test]
+fn a_bad_header_while_ending_is_never_forwarded_either() {
+    let m = metrics();
+    let good = frame(0x01, b"one", Some(MASK));
+    let bad = frame(0x80, &[0; 200], None); // unmasked from a client
+    for piece in 1..=bad.len() {
+        let mut track = Track::new(Sender::Client, &setup());
+        feed(&mut track, &good, 100, &m);
+        track.begin_close(1001);
+        assert!(!track.close_due, "the message is open");
+        let (out, _) = feed(&mut track, &bad, piece, &m);
+        assert!(
+            out.is_empty(),
+            "piece {piece}: {} bytes of the bad header passed",
+            out.len()
+        );
+        assert!(track.close_due, "piece {piece}");
+        assert!(!track.reads());
+    }
+}
