@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use support::frames::{
-    FIN, Frame, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, client_text,
-    close, frame, read_frame, server_text,
+    FIN, Frame, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, client_binary,
+    client_text, close, frame, read_frame, server_text,
 };
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -215,7 +215,7 @@ async fn frames_messages_sizes_and_closes_are_counted() {
         .unwrap();
     assert_eq!(status_of(&read_head(&mut client).await.unwrap()), 101);
     let mut out = client_text(b"hello");
-    out.extend(client_binary_of(300));
+    out.extend(client_binary(&[7u8; 300]));
     out.extend(frame(OP_TEXT, b"ab", MASK));
     out.extend(frame(FIN | OP_PING, b"p", MASK));
     out.extend(frame(FIN | OP_CONTINUATION, b"cd", MASK));
@@ -275,10 +275,6 @@ async fn frames_messages_sizes_and_closes_are_counted() {
             "{from}"
         );
     }
-}
-
-fn client_binary_of(n: usize) -> Vec<u8> {
-    frame(FIN | OP_BINARY, &vec![7u8; n], MASK)
 }
 
 #[tokio::test]
@@ -374,7 +370,10 @@ async fn a_fragmented_message_in_flight_is_finished_before_the_close() {
     assert_eq!(parts, [&b"part one"[..], &b" and two"[..]]);
     assert_eq!(close.close_code(), Some(1001));
     // Both answer; the tunnel ends.
-    upstream.write_all(&close_frame_reply()).await.unwrap();
+    upstream
+        .write_all(&support::frames::close(1001, None))
+        .await
+        .unwrap();
     client
         .write_all(&support::frames::close(1001, MASK))
         .await
@@ -410,10 +409,6 @@ async fn a_fragmented_message_that_stalls_gets_the_close_between_its_fragments()
     );
     assert_eq!(close.close_code(), Some(1001));
     assert!(waited >= Duration::from_millis(400), "after {waited:?}");
-}
-
-fn close_frame_reply() -> Vec<u8> {
-    close(1001, None)
 }
 
 #[tokio::test]
@@ -483,11 +478,11 @@ async fn runs_of_large_and_small_frames_pass_intact_and_a_bad_header_after_a_lar
             _ => 17_000,
         };
         let payload: Vec<u8> = (0..n).map(|b| (b * 7 + i) as u8).collect();
-        sent.extend(server_text_bytes(&payload));
+        sent.extend(server_text(&payload));
         sizes.push(payload);
     }
     // Then a masked frame from the server: a protocol error, right after a large one.
-    sent.extend(server_text_bytes(&vec![1u8; 70_000]));
+    sent.extend(server_text(&vec![1u8; 70_000]));
     sizes.push(vec![1u8; 70_000]);
     let bad = frame(FIN | OP_BINARY, &[2u8; 100], MASK);
     let mut all = sent.clone();
@@ -505,10 +500,4 @@ async fn runs_of_large_and_small_frames_pass_intact_and_a_bad_header_after_a_lar
     let mut upstream = writer.await.unwrap();
     let (_, close) = until_close(&mut upstream, "the upstream's Close").await;
     assert_eq!(close.close_code(), Some(1002));
-}
-
-/// An unmasked text frame with any length (support's `server_text` too, kept apart
-/// for clarity of what is sent).
-fn server_text_bytes(payload: &[u8]) -> Vec<u8> {
-    frame(FIN | OP_TEXT, payload, None)
 }

@@ -78,22 +78,16 @@ impl Validator<'_> {
                 Duration::from_millis(100),
                 None,
             ),
-            max_message_bytes: w
-                .max_message_bytes
-                .as_ref()
-                .map_or(base.max_message_bytes, |n| {
-                    self.int_in(n, &key("max_message_bytes"), 1, MAX_BYTES)
-                        .map(|n| n as u64)
-                        .or(base.max_message_bytes)
-                }),
-            max_frame_bytes: w
-                .max_frame_bytes
-                .as_ref()
-                .map_or(base.max_frame_bytes, |n| {
-                    self.int_in(n, &key("max_frame_bytes"), 1, MAX_BYTES)
-                        .map(|n| n as u64)
-                        .or(base.max_frame_bytes)
-                }),
+            max_message_bytes: self.bytes(
+                &w.max_message_bytes,
+                &key("max_message_bytes"),
+                base.max_message_bytes,
+            ),
+            max_frame_bytes: self.bytes(
+                &w.max_frame_bytes,
+                &key("max_frame_bytes"),
+                base.max_frame_bytes,
+            ),
             max_messages_per_second: w.max_messages_per_second.as_ref().map_or(
                 base.max_messages_per_second,
                 |r| {
@@ -102,6 +96,13 @@ impl Validator<'_> {
                 },
             ),
         }
+    }
+
+    /// A byte limit (1 to 2^53), or the table's value when the key is absent or bad.
+    fn bytes(&mut self, n: &Option<Spanned<i64>>, key: &str, base: Option<u64>) -> Option<u64> {
+        n.as_ref().map_or(base, |n| {
+            self.int_in(n, key, 1, MAX_BYTES).map(|n| n as u64).or(base)
+        })
     }
 
     fn close_code(&mut self, c: &Spanned<i64>, key: &str) -> Option<u16> {
