@@ -17,10 +17,14 @@
 //! Both transfers can track WebSocket frames ([`ws`]): then a tunnel that sluice ends
 //! itself (drain, a removed server, the lifetime limit, a peer breaking the framing
 //! rules or a limit) ends with a Close to each peer at a frame boundary, and a wait of
-//! up to `close_timeout` for their replies, instead of a TCP cut.
+//! up to `close_timeout` for their replies, instead of a TCP cut. A peer that ends its
+//! stream (or fails) without a Close has vanished: the other gets sluice's Close in
+//! its place and the same wait, and half-closes do not pass (they mean nothing to a
+//! WebSocket); only opaque tunnels keep the half-close behaviour above.
 
 mod closing;
 pub mod copy;
+mod end;
 pub mod frames;
 mod leg;
 #[cfg(target_os = "linux")]
@@ -39,77 +43,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use self::closing::{Liveness, begin_closing, note_closes, refuse};
+use self::closing::{Liveness, begin_closing, note_closes, refuse, vanished};
+use self::end::report;
+pub use self::end::{End, Report};
 use self::frames::{Sender, Violation};
 pub use self::leg::{Io, Leg, Transfers};
 use crate::metrics::websocket::{From, WsMetrics};
-
-/// Why a tunnel ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// Both directions finished; the client was the first to end its side.
-    ClientClosed,
-    /// Both directions finished; the upstream was the first to end its side.
-    UpstreamClosed,
-    /// No bytes either way for the idle timeout.
-    Idle,
-    /// Shutdown's drain period ran out.
-    Drain,
-    /// The tunnel reached `max_tunnel_lifetime`.
-    MaxLifetime,
-    /// A reload removed the tunnel's upstream server; its tunnels drained.
-    ServerRemoved,
-    /// A read or write failed on the client's side.
-    ClientError,
-    /// A read or write failed on the upstream's side.
-    UpstreamError,
-    /// The client's frames broke the framing rules or a limit.
-    ClientViolation,
-    /// The upstream's frames broke the framing rules or a limit.
-    UpstreamViolation,
-    /// A side did not answer sluice's Ping within `ping_timeout`.
-    LivenessTimeout,
-}
-
-impl End {
-    /// The label used in logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            End::ClientClosed => "client_closed",
-            End::UpstreamClosed => "upstream_closed",
-            End::Idle => "idle_timeout",
-            End::Drain => "drain",
-            End::MaxLifetime => "max_lifetime",
-            End::ServerRemoved => "server_removed",
-            End::ClientError => "client_error",
-            End::UpstreamError => "upstream_error",
-            End::ClientViolation => "client_violation",
-            End::UpstreamViolation => "upstream_violation",
-            End::LivenessTimeout => "liveness_timeout",
-        }
-    }
-
-    /// Who ended the tunnel, for a tunnel that ended without any Close.
-    pub fn by(self) -> From {
-        match self {
-            End::ClientClosed | End::ClientError | End::ClientViolation => From::Client,
-            End::UpstreamClosed | End::UpstreamError | End::UpstreamViolation => From::Upstream,
-            _ => From::Sluice,
-        }
-    }
-}
-
-/// What a finished tunnel reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Report {
-    pub end: End,
-    pub client_to_upstream: u64,
-    pub upstream_to_client: u64,
-    /// The first Close: its code and who sent it (with frame tracking).
-    pub close: Option<(u16, From)>,
-    /// Messages each way, client to upstream first (with frame tracking).
-    pub messages: [u64; 2],
-}
 
 /// How long a tunnel may go without moving a byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +170,16 @@ pub fn run_upgraded(
 pub enum Dir {
     Up,
     Down,
+}
+
+impl Dir {
+    /// The opposite direction.
+    pub fn other(self) -> Dir {
+        match self {
+            Dir::Up => Dir::Down,
+            Dir::Down => Dir::Up,
+        }
+    }
 }
 
 /// Which side of a direction failed.
@@ -373,18 +322,6 @@ impl<T: Transfer> Tunnel<T> {
     }
 }
 
-/// The tunnel's report, ending for `end` with what moved so far.
-fn report<T: Transfer>(transfer: &mut T, end: End, close: Option<(u16, From)>) -> Report {
-    let messages = [Dir::Up, Dir::Down].map(|d| transfer.track(d).map_or(0, |t| t.messages));
-    Report {
-        end,
-        client_to_upstream: transfer.total(Dir::Up),
-        upstream_to_client: transfer.total(Dir::Down),
-        close,
-        messages,
-    }
-}
-
 impl<T: Transfer> Future for Tunnel<T> {
     type Output = Report;
 
@@ -444,8 +381,27 @@ impl<T: Transfer> Future for Tunnel<T> {
                 continue;
             }
             let mut step = Step::new(counter, ws);
-            let polled = this.transfer.poll_dir(dir, cx, &mut step);
+            let mut polled = this.transfer.poll_dir(dir, cx, &mut step);
             moved |= step.moved;
+            if ws.is_some()
+                && let Poll::Ready(Err(side)) = &polled
+            {
+                // With frames tracked, a failed side is a peer gone: the tracker that
+                // reads it takes it as an end of stream (a vanished peer, answered by
+                // sluice below), and only a direction whose writer failed is over.
+                let reads_it = match side {
+                    Side::Reader => dir,
+                    Side::Writer => {
+                        this.done[i] = true;
+                        dir.other()
+                    }
+                };
+                if let Some(track) = this.transfer.track(reads_it) {
+                    track.failed();
+                }
+                polled = Poll::Pending;
+                cx.waker().wake_by_ref();
+            }
             if let Some(v) = step.violation {
                 refuse(
                     this.transfer,
@@ -479,6 +435,29 @@ impl<T: Transfer> Future for Tunnel<T> {
             return Poll::Ready(report(this.transfer, end, *this.first_close));
         }
         if ws.is_some() {
+            if this.closing.is_none()
+                && let Some((dir, reset)) = [Dir::Up, Dir::Down]
+                    .into_iter()
+                    .find_map(|d| Some((d, this.transfer.track(d)?.gone?)))
+            {
+                vanished(
+                    this.transfer,
+                    dir,
+                    reset,
+                    ws,
+                    this.closing,
+                    this.hard,
+                    *this.close_timeout,
+                );
+                let idle_at = *this.last_activity + *this.limit;
+                this.timer.as_mut().reset(wake_at(
+                    idle_at,
+                    *this.hard,
+                    next_look(this.liveness, this.closing),
+                ));
+                // Each direction has its part of the closing handshake to play.
+                cx.waker().wake_by_ref();
+            }
             note_closes(this.transfer, this.first_close);
         }
         if this.first_eof.is_none() && (this.transfer.eof(Dir::Up) || this.transfer.eof(Dir::Down))

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use http_body_util::BodyExt;
-use support::frames::{self as ws, FIN, OP_TEXT, client_text, server_binary, server_text};
+use support::frames::{self as ws, FIN, OP_TEXT, client_text, server_text};
 use support::h2::*;
 use support::pki::Ca;
 use support::*;
@@ -290,39 +290,49 @@ async fn a_101_with_a_wrong_accept_is_a_502() {
     assert_eq!(resp.status(), 502);
 }
 
+/// END_STREAM without a Close is a client gone: its upstream gets a masked Close 1001
+/// after the client's last frame, and nothing more goes to the client.
 #[tokio::test]
-async fn the_client_ending_its_stream_half_closes_the_upstream() {
-    let (addr, _) = raw_backend(|mut s, head| async move {
-        s.write_all(switching_protocols(&head, "").as_bytes())
-            .await
-            .unwrap();
-        // Read until the client's side ends, then answer with what came (the
-        // client's frames byte for byte, as a binary message's payload), and end.
-        let got = read_to_eof(&mut s).await;
-        s.write_all(&server_binary(&[b"upstream saw: ", &got[..]].concat()))
-            .await
-            .unwrap();
-        s.shutdown().await.unwrap();
+async fn the_client_ending_its_stream_without_a_close_gets_the_upstream_a_close() {
+    let (seen_tx, mut seen) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (addr, _) = raw_backend(move |mut s, head| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            s.write_all(switching_protocols(&head, "").as_bytes())
+                .await
+                .unwrap();
+            // sluice ends its side after its Close: read to there, then answer.
+            let got = read_to_eof(&mut s).await;
+            s.write_all(&server_text(b"too late")).await.unwrap();
+            s.write_all(&ws::close(1001, None)).await.unwrap();
+            let _ = seen_tx.send(got);
+        }
     })
     .await;
     let gw = h2c_gateway(addr, "").await;
     let mut client = H2Client::h2c(gw.addr).await;
     let mut io = tunnel(extended_connect(&mut client, WS, &[]).await).await;
-    io.write_all(&client_text(b"raw bytes")).await.unwrap();
+    io.write_all(&client_text(b"last words")).await.unwrap();
     // END_STREAM, without a Close.
     io.shutdown().await.unwrap();
+    let got = within("the upstream's reading", seen.recv()).await.unwrap();
+    let frames = ws::parse_frames(&got);
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert_eq!(frames[0].payload, b"last words");
+    assert!(frames[1].masked);
+    assert_eq!(frames[1].close_code(), Some(1001));
     let mut rest = Vec::new();
-    within("the answer, then END_STREAM", io.read_to_end(&mut rest))
+    within("END_STREAM", io.read_to_end(&mut rest))
         .await
         .expect("the stream ends cleanly");
-    // The upstream got the client's frame as sent, mask and all, and its answer came
-    // back whole.
-    let saw = [b"upstream saw: ", &client_text(b"raw bytes")[..]].concat();
-    assert_eq!(rest, server_binary(&saw));
+    assert!(rest.is_empty(), "{rest:?}");
 }
 
+/// An upstream that ends TCP without a Close: the client gets its last frame, then a
+/// Close 1011 from sluice in its place; the client's answer ends the stream, and
+/// nothing of the client's goes on to the upstream that left.
 #[tokio::test]
-async fn the_upstream_ending_its_side_ends_the_stream_and_the_client_can_still_send() {
+async fn the_upstream_ending_tcp_without_a_close_gets_the_client_a_close_1011() {
     let (got_tx, mut got) = mpsc::unbounded_channel::<Vec<u8>>();
     let (addr, _) = raw_backend(move |mut s, head| {
         let got_tx = got_tx.clone();
@@ -340,18 +350,26 @@ async fn the_upstream_ending_its_side_ends_the_stream_and_the_client_can_still_s
     let gw = h2c_gateway(addr, "").await;
     let mut client = H2Client::h2c(gw.addr).await;
     let mut io = tunnel(extended_connect(&mut client, WS, &[]).await).await;
-    let mut from_upstream = Vec::new();
-    within(
-        "END_STREAM after the upstream's FIN",
-        io.read_to_end(&mut from_upstream),
-    )
-    .await
-    .expect("the stream ends cleanly");
-    assert_eq!(from_upstream, server_text(b"last words"));
-    io.write_all(&client_text(b"still talking")).await.unwrap();
-    io.shutdown().await.unwrap();
-    let seen = within("the upstream reads on", got.recv()).await.unwrap();
-    assert_eq!(seen, client_text(b"still talking"));
+    let last = within("the last words", ws::read_frame(&mut io))
+        .await
+        .unwrap();
+    assert_eq!(last.payload, b"last words");
+    let close = within("sluice's Close", ws::read_frame(&mut io))
+        .await
+        .unwrap();
+    assert_eq!(close.close_code(), Some(1011));
+    assert!(!close.masked);
+    io.write_all(&client_text(b"into the void")).await.unwrap();
+    io.write_all(&ws::client_close(1011)).await.unwrap();
+    let mut rest = Vec::new();
+    within("END_STREAM after the answer", io.read_to_end(&mut rest))
+        .await
+        .expect("the stream ends cleanly");
+    assert!(rest.is_empty(), "{rest:?}");
+    let seen = within("the upstream's side ends", got.recv())
+        .await
+        .unwrap();
+    assert!(seen.is_empty(), "{seen:?}");
 }
 
 /// A raw upstream that completes the upgrade, sends the text message "ready" (one
@@ -462,10 +480,15 @@ async fn an_upstream_reset_resets_the_stream() {
     );
     // A DATA frame carrying one WebSocket frame: the upstream resets on reading it.
     raw.send(&frame(DATA, 0, 1, &client_text(b"x"))).await;
-    // hyper ends an upgraded stream's sending side with END_STREAM whenever it is let
-    // go, so the reset reaches the client as the end of the stream and then
-    // RST_STREAM (h2 resets a stream whose both handles are gone while the client's
-    // side is still open). What must not happen is a stream left open.
+    // The reset is a peer gone between frames: the client gets a Close 1011 in its
+    // place, and its answer ends the stream (hyper ends an upgraded stream's sending
+    // side with END_STREAM, then resets a stream whose handles are gone while the
+    // client's side is open). What must not happen is a stream left open.
+    assert_eq!(
+        raw.event(1).await,
+        Event::Data(Bytes::from(ws::close(1011, None)), false)
+    );
+    raw.send(&frame(DATA, 0, 1, &ws::client_close(1011))).await;
     let mut event = raw.event(1).await;
     if event == Event::Data(Bytes::new(), true) {
         event = raw.event(1).await;

@@ -280,3 +280,128 @@ async fn python_client_and_server_both_get_1001_when_sluice_drains() {
     assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
     assert!(client.wait().await.unwrap().success());
 }
+
+type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+/// Runs `py_peer.py` with `args`, its output read line by line.
+fn py_peer(args: &[&str]) -> (tokio::process::Child, Lines) {
+    let mut child = tokio::process::Command::new("python3")
+        .arg(script("py_peer.py"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+/// The next line a peer prints.
+async fn line(what: &str, lines: &mut Lines) -> String {
+    within(what, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap_or_default()
+}
+
+/// A `py_peer.py wait-close` client through sluice, its echo done.
+async fn open_client(url: &str) -> (tokio::process::Child, Lines) {
+    let (child, mut lines) = py_peer(&["wait-close", url]);
+    let ext = line("the client's extensions", &mut lines).await;
+    assert!(ext.contains("permessage-deflate"), "{ext}");
+    assert_eq!(line("the client's echo", &mut lines).await, "OPEN");
+    (child, lines)
+}
+
+/// Python's `websockets` on both sides, one side killed (SIGKILL) with its tunnel
+/// open: the other gets a Close from sluice in its place instead of a TCP cut (a
+/// 1006): 1001 to the server when its client is gone, 1011 to the client when its
+/// server is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_peers_get_a_close_when_the_other_side_is_killed() {
+    if !python_websockets() {
+        return;
+    }
+    let (mut server, mut server_lines) = py_peer(&["server"]);
+    let port: u16 = line("python server port", &mut server_lines)
+        .await
+        .strip_prefix("PORT ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let gw = start(&config(&[format!("127.0.0.1:{port}").parse().unwrap()], "")).await;
+    let url = format!("ws://{}/killed", gw.addr);
+
+    let (mut client, _) = open_client(&url).await;
+    client.start_kill().unwrap();
+    assert_eq!(
+        line("the server's close", &mut server_lines).await,
+        "CLOSED 1001"
+    );
+
+    let (mut client, mut client_lines) = open_client(&url).await;
+    server.start_kill().unwrap();
+    assert_eq!(
+        line("the client's close", &mut client_lines).await,
+        "CLOSED 1011"
+    );
+    assert!(client.wait().await.unwrap().success());
+}
+
+/// Chromium's own WebSocket objects, through sluice to a Python `websockets` server
+/// that is then killed: each sees a clean Close 1011 from sluice, not a 1006.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_sees_clean_closes_1011_when_its_upstream_is_killed() {
+    if !python_websockets()
+        || !peer_available("chromium", Command::new("chromium").arg("--version"))
+    {
+        return;
+    }
+    let (mut server, mut server_lines) = py_peer(&["server"]);
+    let port: u16 = line("python server port", &mut server_lines)
+        .await
+        .strip_prefix("PORT ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let gw = start(&format!(
+        r#"
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+[[routes]]
+upstream = "echo"
+[[routes]]
+path = "/py"
+upstream = "py"
+[upstreams.echo]
+builtin = "echo"
+[upstreams.py]
+servers = ["127.0.0.1:{port}"]
+"#
+    ))
+    .await;
+    let page = format!("http://{}/", gw.addr);
+    let ws = format!("ws://{}/py", gw.addr);
+    let mut child = tokio::process::Command::new("python3")
+        .args([&script("browser_drain_check.py"), &page, &ws, "2"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Chromium's start is slow on a busy machine: a bound of its own.
+    let open = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the browser's sockets open")
+        .unwrap();
+    assert_eq!(open.as_deref(), Some("OPEN"));
+    server.start_kill().unwrap();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(40), lines.next_line())
+        .await
+        .expect("the browser reports its closes")
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(closed, "CLOSED 1011:clean,1011:clean");
+    assert!(child.wait().await.unwrap().success());
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use support::frames::{client_text, server_binary};
+use support::frames::{client_text, close, parse_frames, read_frame, server_text};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -311,19 +311,24 @@ async fn a_thousand_concurrent_tunnels() {
     );
 }
 
+/// A client that ends TCP without a Close has vanished: its upstream gets a masked
+/// Close 1001 from sluice after the client's last frame, answers it, and nothing more
+/// goes to the client (a half-close means nothing to a WebSocket).
 #[tokio::test]
-async fn half_close_passes_through_while_the_other_way_flows() {
-    let (addr, _) = raw_backend(|mut s, head| async move {
-        s.write_all(switching_protocols(&head, "").as_bytes())
-            .await
-            .unwrap();
-        // Read until the client's side ends, then answer with what came (the
-        // client's frames byte for byte, as a binary message's payload), and end.
-        let got = read_to_eof(&mut s).await;
-        s.write_all(&server_binary(&[b"upstream saw: ", &got[..]].concat()))
-            .await
-            .unwrap();
-        s.shutdown().await.unwrap();
+async fn a_client_ending_tcp_without_a_close_gets_its_upstream_a_close_1001() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let (addr, _) = raw_backend(move |mut s, head| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            s.write_all(switching_protocols(&head, "").as_bytes())
+                .await
+                .unwrap();
+            // sluice ends its side after its Close: read to there, then answer.
+            let got = read_to_eof(&mut s).await;
+            s.write_all(&server_text(b"too late")).await.unwrap();
+            s.write_all(&close(1001, None)).await.unwrap();
+            let _ = seen_tx.send(got);
+        }
     })
     .await;
     let gw = gateway_for(&[addr], "").await;
@@ -333,54 +338,85 @@ async fn half_close_passes_through_while_the_other_way_flows() {
         .unwrap();
     let head = within("101", read_head(&mut s)).await.unwrap();
     assert_eq!(status_of(&head), 101);
-    s.write_all(&client_text(b"raw bytes")).await.unwrap();
+    s.write_all(&client_text(b"last words")).await.unwrap();
     // FIN, without a Close.
     s.shutdown().await.unwrap();
-    let rest = read_to_eof(&mut s).await;
-    // The upstream got the client's frame as sent, mask and all, and its answer came
-    // back whole.
-    let saw = [b"upstream saw: ", &client_text(b"raw bytes")[..]].concat();
-    assert_eq!(rest, server_binary(&saw));
-}
-
-#[tokio::test]
-async fn an_upstream_reset_mid_tunnel_closes_the_client() {
-    let (addr, _) = raw_backend(|mut s, head| async move {
-        s.write_all(switching_protocols(&head, "").as_bytes())
-            .await
-            .unwrap();
-        s.write_all(&[0x81, 2, b'h', b'i']).await.unwrap();
-        let mut b = [0u8; 1];
-        let _ = s.read(&mut b).await;
-        // Reset: linger 0 makes close send RST (and never blocks).
-        socket2::SockRef::from(&s)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
-        drop(s);
+    let got = within("the upstream's reading", seen.recv()).await.unwrap();
+    let frames = parse_frames(&got);
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert_eq!(frames[0].payload, b"last words");
+    assert!(frames[1].masked, "sluice's Close to an upstream is masked");
+    assert_eq!(frames[1].close_code(), Some(1001));
+    // The upstream's frames after the client left, its Close included, go nowhere.
+    assert!(within("the end", read_to_eof(&mut s)).await.is_empty());
+    eventually("the closes counted", || async {
+        let text = metrics_text(&gw).await;
+        let closes = |code: &str, from: &str| {
+            metric(
+                &text,
+                &format!(
+                    "sluice_websocket_closes_total{{code=\"{code}\",from=\"{from}\",route=\"backend\"}}"
+                ),
+            )
+        };
+        closes("none", "client") == 1.0
+            && closes("1001", "sluice") == 1.0
+            && closes("1001", "upstream") == 1.0
     })
     .await;
-    let gw = gateway_for(&[addr], "").await;
-    let mut ws = ws_connect(&gw.url("/")).await;
-    assert_eq!(
-        within("hi", ws.next()).await.unwrap().unwrap(),
-        Message::text("hi")
-    );
-    ws.send(Message::text("x")).await.unwrap();
-    // The client sees its connection end (an error or end of stream), not a hang.
-    let end = within("end", ws.next()).await;
-    assert!(matches!(end, None | Some(Err(_))), "{end:?}");
-    // The tunnel is gone from the gauge.
-    let deadline = tokio::time::Instant::now() + STEP;
-    loop {
-        let text = metrics_text(&gw).await;
-        if metric(&text, "sluice_websocket_tunnels_active{route=\"backend\"}") == 0.0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "tunnel still counted"
+}
+
+/// An upstream that vanishes (a reset, or a FIN without a Close) between frames: the
+/// client gets a Close 1011 (an unexpected condition) from sluice in its place, not a TCP cut.
+#[tokio::test]
+async fn an_upstream_vanishing_between_frames_gets_the_client_a_close_1011() {
+    for reset in [true, false] {
+        let (addr, _) = raw_backend(move |mut s, head| async move {
+            s.write_all(switching_protocols(&head, "").as_bytes())
+                .await
+                .unwrap();
+            s.write_all(&server_text(b"hi")).await.unwrap();
+            // The client's whole frame, so that a close without linger is a FIN.
+            let _ = read_frame(&mut s).await;
+            if reset {
+                // Linger 0 makes close send RST (and never block).
+                socket2::SockRef::from(&s)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+            drop(s);
+        })
+        .await;
+        let gw = gateway_for(&[addr], "").await;
+        let mut ws = ws_connect(&gw.url("/")).await;
+        assert_eq!(
+            within("hi", ws.next()).await.unwrap().unwrap(),
+            Message::text("hi")
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        ws.send(Message::text("x")).await.unwrap();
+        let end = within("the Close", ws.next()).await;
+        match end {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(u16::from(frame.code), 1011, "reset {reset}");
+            }
+            other => panic!("reset {reset}: expected a Close 1011, got {other:?}"),
+        }
+        // tungstenite answers the Close; sluice then ends the connection.
+        let after = within("the end", ws.next()).await;
+        assert!(matches!(after, None | Some(Err(_))), "{after:?}");
+        eventually("the tunnel gone from the gauge", || async {
+            let text = metrics_text(&gw).await;
+            metric(&text, "sluice_websocket_tunnels_active{route=\"backend\"}") == 0.0
+                && metric(
+                    &text,
+                    "sluice_websocket_closes_total{code=\"none\",from=\"upstream\",route=\"backend\"}",
+                ) == 1.0
+                && metric(
+                    &text,
+                    "sluice_websocket_closes_total{code=\"1011\",from=\"sluice\",route=\"backend\"}",
+                ) == 1.0
+        })
+        .await;
     }
 }
 

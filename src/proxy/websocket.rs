@@ -358,7 +358,7 @@ impl Future for Running {
             .tunnel_duration
             .observe(this.started.elapsed().as_secs_f64());
         route.metrics.tunnels_active.dec();
-        if *this.tracked && report.close.is_none() {
+        if *this.tracked && report.close.is_none() && !report.vanished {
             // TCP ended with no Close either way (what a client sees as 1006).
             route.metrics.websocket.close(None, report.end.by());
         }

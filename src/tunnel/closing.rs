@@ -20,13 +20,24 @@ pub(super) fn begin_closing<T: Transfer>(
     close_timeout: Option<Duration>,
     now: Instant,
 ) {
-    *closing = Some(end);
     for dir in [Dir::Up, Dir::Down] {
         if let Some(track) = transfer.track(dir) {
             track.begin_close(track.close_code());
         }
     }
-    // First until messages in flight should be finished, then until the cut.
+    ending(end, closing, hard, close_timeout, now);
+}
+
+/// The tunnel is ending for `end`: the hard timer is set first until messages in
+/// flight should be finished, then (see the tunnel) until the cut.
+fn ending(
+    end: End,
+    closing: &mut Option<End>,
+    hard: &mut Option<(Instant, End)>,
+    close_timeout: Option<Duration>,
+    now: Instant,
+) {
+    *closing = Some(end);
     *hard = Some((
         now + close_timeout.unwrap_or(Duration::from_secs(5)) / 2,
         end,
@@ -60,9 +71,38 @@ pub(super) fn refuse<T: Transfer>(
         track.begin_close(v.close_code());
     }
     if closing.is_none() {
-        *closing = Some(end);
-        let close = close_timeout.unwrap_or(Duration::from_secs(5));
-        *hard = Some((Instant::now() + close / 2, end));
+        ending(end, closing, hard, close_timeout, Instant::now());
+    }
+}
+
+/// A peer ended its stream (or had it reset) without a Close, read in `dir`: its
+/// reader has sluice's Close for the other peer due, in its place. Nothing more goes
+/// to the vanished peer; the other is read only for its answer to that Close, and the
+/// tunnel is cut if it does not come within `close_timeout`.
+pub(super) fn vanished<T: Transfer>(
+    transfer: &mut T,
+    dir: Dir,
+    reset: bool,
+    ws: Option<&WsMetrics>,
+    closing: &mut Option<End>,
+    hard: &mut Option<(Instant, End)>,
+    close_timeout: Option<Duration>,
+) {
+    let (from, end, back) = match (dir, reset) {
+        (Dir::Up, false) => (From::Client, End::ClientClosed, Dir::Down),
+        (Dir::Up, true) => (From::Client, End::ClientError, Dir::Down),
+        (Dir::Down, false) => (From::Upstream, End::UpstreamClosed, Dir::Up),
+        (Dir::Down, true) => (From::Upstream, End::UpstreamError, Dir::Up),
+    };
+    if let Some(m) = ws {
+        // What the peer did: ended TCP without a Close (a 1006 to whoever saw it).
+        m.close(None, from);
+    }
+    if let Some(track) = transfer.track(back) {
+        track.peer_gone();
+    }
+    if closing.is_none() {
+        ending(end, closing, hard, close_timeout, Instant::now());
     }
 }
 
@@ -71,10 +111,16 @@ pub(super) fn note_closes<T: Transfer>(transfer: &mut T, first: &mut Option<(u16
     if first.is_some() {
         return;
     }
-    for (dir, from) in [(Dir::Up, From::Client), (Dir::Down, From::Upstream)] {
+    for (dir, from, back) in [
+        (Dir::Up, From::Client, Dir::Down),
+        (Dir::Down, From::Upstream, Dir::Up),
+    ] {
         if let Some(track) = transfer.track(dir) {
             if let Some(code) = track.peer_close {
                 *first = Some((code, from));
+                if let Some(other) = transfer.track(back) {
+                    other.answer(code);
+                }
                 return;
             }
             if let Some(code) = track.sent_close() {

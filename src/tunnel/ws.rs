@@ -116,6 +116,12 @@ pub struct Track {
     awaiting_pong: Option<u32>,
     /// `max_messages_per_second`; boxed, as most routes have none.
     bucket: Option<Box<Bucket>>,
+    /// The reader ended its stream without a Close of its own while frames passed
+    /// (`Some(true)` by a reset): it vanished, and the tunnel ends the other way too
+    /// (see `closing::vanished`).
+    pub gone: Option<bool>,
+    /// `close_code` answers a Close of the writer's peer ([`Track::answer`]).
+    answering: bool,
 }
 
 /// What to do with one read.
@@ -151,6 +157,8 @@ impl Track {
             bucket: setup
                 .max_messages_per_second
                 .map(|r| Box::new(Bucket::new(r))),
+            gone: None,
+            answering: false,
         }
     }
 
@@ -255,12 +263,63 @@ impl Track {
     /// The reader ended its stream. If the tunnel is ending and the writer is at a
     /// frame boundary, sluice's Close is still written (`close_due`).
     pub fn eof(&mut self) {
+        self.ended(false);
+    }
+
+    /// The reader's stream failed (a reset): as [`Track::eof`].
+    pub fn failed(&mut self) {
+        self.ended(true);
+    }
+
+    fn ended(&mut self, reset: bool) {
         let at_boundary =
             self.frames.at_frame_boundary() || !self.frames.partial_header().is_empty();
-        if self.reading == Reading::ToBoundary && at_boundary {
-            self.boundary();
+        match self.reading {
+            Reading::ToBoundary if at_boundary => self.boundary(),
+            Reading::Forward if !self.passed_close => {
+                // Gone without a Close (killed, crashed, cut off): the writer's peer
+                // gets one from sluice in its place, unless the stream ended inside a
+                // frame, where no Close can follow. An upstream that vanished is an
+                // unexpected condition (1011: 1014, "bad gateway", is refused as a
+                // protocol error by tungstenite 0.30's clients); a client that did is
+                // going away (1001). A Close the writer's peer already sent is
+                // answered with its own code instead.
+                self.gone = Some(reset);
+                if at_boundary {
+                    if !self.answering {
+                        self.close_code = match self.frames.sender() {
+                            Sender::Server => 1011,
+                            Sender::Client => 1001,
+                        };
+                    }
+                    self.close_due = true;
+                }
+            }
+            _ => {}
         }
         self.reading = Reading::Done;
+    }
+
+    /// The writer's peer sent a Close with `code`: should the reader vanish without
+    /// answering it, sluice answers with the same code.
+    pub fn answer(&mut self, code: u16) {
+        if matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+            self.close_code = code;
+            self.answering = true;
+        }
+    }
+
+    /// The writer's peer vanished: nothing more goes to it, not even a Close; the
+    /// reader is read only for its own Close, the end of the closing handshake.
+    pub fn peer_gone(&mut self) {
+        self.passed_close = true;
+        self.close_due = false;
+        self.ping_due = None;
+        self.reading = if self.peer_close.is_some() || self.reading == Reading::Done {
+            Reading::Done
+        } else {
+            Reading::Discard
+        };
     }
 
     /// The frame in flight ended where the tunnel is ending.

@@ -204,3 +204,77 @@ fn a_bad_header_while_ending_is_never_forwarded_either() {
         assert!(!track.reads());
     }
 }
+
+#[test]
+fn a_reader_gone_without_a_close_has_sluice_close_in_its_place() {
+    let m = metrics();
+    let server = frame(0x81, b"hi", None);
+    for (sender, code) in [(Sender::Server, 1011), (Sender::Client, 1001)] {
+        let f = if sender == Sender::Client {
+            frame(0x81, b"hi", Some(MASK))
+        } else {
+            server.clone()
+        };
+        // Between frames: a Close goes in its place, by an end of stream or a reset.
+        for reset in [false, true] {
+            let mut track = Track::new(sender, &setup());
+            feed(&mut track, &f, f.len(), &m);
+            if reset {
+                track.failed()
+            } else {
+                track.eof()
+            }
+            assert_eq!(track.gone, Some(reset));
+            assert!(track.close_due && !track.reads());
+            assert_eq!(
+                track.take_close(&m).as_bytes()[..2],
+                [0x88, if sender == Sender::Client { 0x82 } else { 0x02 }]
+            );
+            assert_eq!(track.sent_close(), Some(code));
+        }
+        // Inside a frame no Close can follow; the peer is still gone.
+        let mut track = Track::new(sender, &setup());
+        feed(&mut track, &f[..f.len() - 1], f.len(), &m);
+        track.eof();
+        assert_eq!(track.gone, Some(false));
+        assert!(!track.close_due);
+    }
+    // A reader whose own Close passed ended normally.
+    let mut track = Track::new(Sender::Server, &setup());
+    feed(
+        &mut track,
+        &frame(0x88, &1000u16.to_be_bytes(), None),
+        4,
+        &m,
+    );
+    track.eof();
+    assert_eq!((track.gone, track.close_due), (None, false));
+    // A Close the writer's peer sent first is answered with its own code.
+    let mut track = Track::new(Sender::Server, &setup());
+    track.answer(4000);
+    track.eof();
+    track.take_close(&m);
+    assert_eq!(track.sent_close(), Some(4000));
+    // 1005 (no code) cannot be sent: the usual code goes instead.
+    let mut track = Track::new(Sender::Server, &setup());
+    track.answer(1005);
+    track.eof();
+    track.take_close(&m);
+    assert_eq!(track.sent_close(), Some(1011));
+}
+
+#[test]
+fn a_peer_gone_gets_nothing_more_and_its_survivor_is_read_for_the_close() {
+    let m = metrics();
+    let mut track = Track::new(Sender::Client, &setup());
+    track.peer_gone();
+    assert!(!track.close_due && track.reads());
+    // Frames after the peer left go nowhere; the survivor's Close ends the reading.
+    let mut stream = frame(0x81, b"into the void", Some(MASK));
+    stream.extend(frame(0x88, &1011u16.to_be_bytes(), Some(MASK)));
+    let (out, v) = feed(&mut track, &stream, 5, &m);
+    assert!(out.is_empty() && v.is_none());
+    assert!(!track.reads());
+    assert_eq!(track.peer_close, Some(1011));
+    assert!(!track.close_due, "no Close to a peer that is gone");
+}
