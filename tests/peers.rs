@@ -339,6 +339,60 @@ async fn a_frozen_upstream_is_ended_by_the_timeouts() {
     );
 }
 
+/// sluice's Pings find an upstream frozen with SIGSTOP (its kernel still
+/// acknowledging, so TCP sees nothing wrong): no Pong within `ping_timeout`, and the
+/// client gets a Close 1001; the frozen peer's closing handshake is cut after
+/// `close_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_upstream_is_found_by_sluices_pings() {
+    if !netns::available() {
+        return;
+    }
+    let net = Topology::new();
+    let peer = Peer::start(&net.upstream, &[]);
+    let proxy = Proxy::start(
+        &net.proxy,
+        peer.addr,
+        "[websocket]\nping_interval = \"1s\"\nping_timeout = \"1s\"\nclose_timeout = \"1s\"\n",
+    );
+    proxy.metrics().await;
+    let mut ws = ws_connect(&net.client, &proxy, "/echo").await;
+    step("send", ws.send(Message::text("before")))
+        .await
+        .unwrap();
+    let echo = step("echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(echo, Message::text("before"));
+    // Alive and quiet: sluice's Pings to the upstream are answered (the peer's echo
+    // turns them into Pongs), which keeps the tunnel open.
+    proxy
+        .await_metric(
+            "sluice_websocket_frames_total{direction=\"upstream_to_client\",kind=\"pong\",route=\"faults\"}",
+            1.0,
+        )
+        .await;
+    peer.signal("STOP");
+    let frozen = Instant::now();
+    // tungstenite answers sluice's Pings to the client while it reads.
+    loop {
+        match step("the Close", ws.next()).await {
+            Some(Ok(Message::Ping(_))) => {}
+            Some(Ok(Message::Close(Some(f)))) => break assert_eq!(u16::from(f.code), 1001),
+            other => panic!("expected a Close 1001, got {other:?}"),
+        }
+    }
+    let took = frozen.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the Close came {took:?} after SIGSTOP"
+    );
+    drop(ws);
+    proxy.await_metric(ACTIVE, 0.0).await;
+    let line = access_for(&proxy, "tunnel", "/echo");
+    assert_eq!(line["end"], "liveness_timeout", "{line}");
+    assert_eq!(line["close_code"], 1001, "{line}");
+    eprintln!("a frozen upstream: the client's Close 1001 came {took:.2?} after SIGSTOP");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_never_reads_gets_504s_and_bounded_bodies() {
     if !netns::available() {

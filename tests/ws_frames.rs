@@ -348,6 +348,52 @@ async fn a_peer_that_stops_answering_pings_ends_the_tunnel_with_a_close() {
     assert_eq!(close.close_code(), Some(1001));
 }
 
+/// The mirror of the test above: a client that stopped reading (its socket open,
+/// nothing read, no Pong) while the upstream answers every Ping.
+#[tokio::test]
+async fn a_client_that_stopped_reading_is_found_by_sluices_pings() {
+    let (addr, mut ups) = raw_upstream("").await;
+    let gw = gateway_for(
+        &[addr],
+        "[websocket]\nping_interval = \"1s\"\nping_timeout = \"1s\"\n",
+    )
+    .await;
+    let (mut client, mut upstream) = open(gw.addr, &mut ups).await;
+    let opened = Instant::now();
+    let close = loop {
+        let f = next(&mut upstream, "a Ping or the Close").await;
+        match f.opcode() {
+            OP_PING => {
+                assert!(f.masked, "sluice's Ping to an upstream is masked");
+                upstream
+                    .write_all(&frame(FIN | OP_PONG, &f.payload, None))
+                    .await
+                    .unwrap();
+            }
+            OP_CLOSE => break f,
+            other => panic!("unexpected opcode {other}"),
+        }
+    };
+    assert!(close.masked);
+    assert_eq!(close.close_code(), Some(1001));
+    let took = opened.elapsed();
+    assert!(took >= Duration::from_millis(1900), "after {took:?}");
+    assert!(took < Duration::from_secs(5), "after {took:?}");
+    // What waited unread for the client: sluice's Ping, then its Close.
+    let ping = next(&mut client, "the client's Ping").await;
+    assert_eq!((ping.opcode(), ping.masked), (OP_PING, false));
+    let close = next(&mut client, "the client's Close").await;
+    assert_eq!(close.close_code(), Some(1001));
+    let text = metrics_text(&gw).await;
+    assert_eq!(
+        metric(
+            &text,
+            "sluice_websocket_closes_total{code=\"1001\",from=\"sluice\",route=\"backend\"}"
+        ),
+        1.0
+    );
+}
+
 #[tokio::test]
 async fn a_fragmented_message_in_flight_is_finished_before_the_close() {
     let (addr, mut ups) = raw_upstream("").await;
