@@ -116,12 +116,21 @@ impl fmt::Display for ListenerCtx {
 /// The answer to plain HTTP sent to a TLS port.
 const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 47\r\nconnection: close\r\n\r\nthis port speaks TLS: use https:// or wss://\r\n\r\n";
 
-/// Handles one accepted connection (at `accepted`) until it closes, upgrades, or
-/// shutdown ends it.
+/// Where and when a connection was accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted {
+    /// The client (as its PROXY header named it, where it sent one).
+    pub client: SocketAddr,
+    /// The address it connected to, when the listener's own says it (a listener
+    /// bound to one address); on a wildcard bind it is asked of the socket.
+    pub local: Option<SocketAddr>,
+    pub at: tokio::time::Instant,
+}
+
+/// Handles one accepted connection until it closes, upgrades, or shutdown ends it.
 pub async fn handle(
     stream: TcpStream,
-    client: SocketAddr,
-    accepted: tokio::time::Instant,
+    accepted: Accepted,
     ctx: Arc<ListenerCtx>,
     proxy: Arc<Proxy>,
     shutdown: Shutdown,
@@ -130,10 +139,13 @@ pub async fn handle(
     // A client has `request_header` from accept to send its first request head,
     // whatever comes before it (a PROXY header, a TLS handshake, the wait for the
     // HTTP/2 preface).
-    let head_deadline = accepted + ctx.request_header;
-    let local = stream
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let Accepted { client, local, at } = accepted;
+    let head_deadline = at + ctx.request_header;
+    let local = local.unwrap_or_else(|| {
+        stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    });
     let Some(tls) = &ctx.tls else {
         let protocol = match &ctx.h2 {
             None => Protocol::Http1,
@@ -154,7 +166,7 @@ pub async fn handle(
         let info = conn_info(client, local, &ctx, false, protocol, guard);
         return serve(stream, info, &ctx, head_deadline, proxy, shutdown).await;
     };
-    let handshake_deadline = head_deadline.min(accepted + ctx.tls_handshake);
+    let handshake_deadline = head_deadline.min(at + ctx.tls_handshake);
     let handshake = tokio::time::timeout_at(handshake_deadline, accept_tls(stream, tls));
     let stream = tokio::select! {
         r = handshake => match r {

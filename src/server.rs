@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::ConnGuard;
 use crate::config::Tcp;
-use crate::conn::{self, ListenerCtx, proxy_header};
+use crate::conn::{self, Accepted, ListenerCtx, proxy_header};
 use crate::limits::{ClientLimits, Refusal};
 use crate::net::{is_resource_exhaustion, set_tcp_options};
 use crate::proxy::Proxy;
@@ -60,6 +60,13 @@ impl Listener {
     /// Accepts connections until draining begins or the listener is stopped.
     pub async fn accept_loop(self, listener: Arc<TcpListener>) {
         let mut backoff = Duration::ZERO;
+        // A listener bound to one address is the address every connection it accepts
+        // was made to: asking each connection's socket (getsockname) was one system
+        // call of a WebSocket handshake's 33 (strace -c, 2026-12-07).
+        let local = listener
+            .local_addr()
+            .ok()
+            .filter(|a| !a.ip().is_unspecified());
         loop {
             let accepted = tokio::select! {
                 r = listener.accept() => r,
@@ -94,16 +101,20 @@ impl Listener {
                     continue;
                 }
             };
-            self.admit(stream, client);
+            self.admit(stream, client, local);
         }
         tracing::debug!(listener = %self.ctx.load().name, "listener closed");
     }
 
-    fn admit(&self, stream: TcpStream, client: SocketAddr) {
+    fn admit(&self, stream: TcpStream, client: SocketAddr, local: Option<SocketAddr>) {
         let ctx = self.ctx.load_full();
-        let accepted = tokio::time::Instant::now();
+        let accepted = Accepted {
+            client,
+            local,
+            at: tokio::time::Instant::now(),
+        };
         if ctx.proxy_protocol {
-            return self.admit_proxied(stream, client, accepted, ctx);
+            return self.admit_proxied(stream, accepted, ctx);
         }
         let admission = match self.limits.admit(client.ip(), ctx.limit.as_ref()) {
             Ok(a) => a,
@@ -112,7 +123,6 @@ impl Listener {
         let guard = ConnGuard::new(admission, &ctx.metrics);
         self.shutdown.spawn(conn::handle(
             stream,
-            client,
             accepted,
             ctx,
             self.proxy.clone(),
@@ -124,13 +134,8 @@ impl Listener {
     /// Admits a connection that must begin with a PROXY header: the shared limits
     /// count it at once, the per-client limit once the header has named the client.
     /// The header is due within `request_header` of accept, like a request head.
-    fn admit_proxied(
-        &self,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-        accepted: tokio::time::Instant,
-        ctx: Arc<ListenerCtx>,
-    ) {
+    fn admit_proxied(&self, mut stream: TcpStream, mut accepted: Accepted, ctx: Arc<ListenerCtx>) {
+        let peer = accepted.client;
         let mut admission = match self.limits.admit_shared(ctx.limit.as_ref()) {
             Ok(a) => a,
             Err(refusal) => return refuse(&ctx, stream, peer, refusal),
@@ -139,7 +144,7 @@ impl Listener {
         let proxy = self.proxy.clone();
         let shutdown = self.shutdown.clone();
         self.shutdown.spawn(async move {
-            let deadline = accepted + ctx.request_header();
+            let deadline = accepted.at + ctx.request_header();
             let read = tokio::time::timeout_at(deadline, proxy_header::read(&mut stream));
             let header = tokio::select! {
                 r = read => r,
@@ -162,7 +167,8 @@ impl Listener {
                 return refuse(&ctx, stream, client, refusal);
             }
             let guard = ConnGuard::new(admission, &ctx.metrics);
-            conn::handle(stream, client, accepted, ctx, proxy, shutdown, guard).await;
+            accepted.client = client;
+            conn::handle(stream, accepted, ctx, proxy, shutdown, guard).await;
         });
     }
 }

@@ -384,13 +384,14 @@ async fn a_client_that_stopped_reading_is_found_by_sluices_pings() {
     assert_eq!((ping.opcode(), ping.masked), (OP_PING, false));
     let close = next(&mut client, "the client's Close").await;
     assert_eq!(close.close_code(), Some(1001));
+    // Both Closes were sluice's.
     let text = metrics_text(&gw).await;
     assert_eq!(
         metric(
             &text,
             "sluice_websocket_closes_total{code=\"1001\",from=\"sluice\",route=\"backend\"}"
         ),
-        1.0
+        2.0
     );
 }
 

@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{ProxyVersion, Tcp, UpstreamTls};
-use crate::net::{Stream, set_tcp_options};
+use crate::net::Stream;
 use crate::tls::{TlsError, client_config, with_h2_alpn};
 
 /// How an upstream's servers are connected to.
@@ -92,11 +91,9 @@ impl Connector {
             )
         };
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
+        let mut tcp = tokio::time::timeout_at(deadline, crate::net::connect(addr, &self.tcp))
             .await
             .map_err(|_| timed_out())??;
-        set_tcp_options(&tcp, &self.tcp)?;
-        let mut tcp = tcp;
         if let Some(version) = self.send_proxy {
             // Before TLS, like a load balancer's: the server reads it off the socket.
             let header = proxy_header(version, proxied_for);
