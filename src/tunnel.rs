@@ -352,12 +352,13 @@ impl<T: Transfer> Future for Tunnel<T> {
             };
             if this.hard.is_none_or(|(h, _)| at < h) {
                 *this.hard = Some((at, end));
-                let idle_at = *this.last_activity + *this.limit;
-                this.timer.as_mut().reset(wake_at(
-                    idle_at,
-                    *this.hard,
-                    next_look(this.liveness, this.closing),
-                ));
+                rearm(
+                    this.timer.as_mut(),
+                    *this.last_activity + *this.limit,
+                    this.hard,
+                    this.liveness,
+                    this.closing,
+                );
             }
         }
 
@@ -412,12 +413,13 @@ impl<T: Transfer> Future for Tunnel<T> {
                     this.hard,
                     *this.close_timeout,
                 );
-                let idle_at = *this.last_activity + *this.limit;
-                this.timer.as_mut().reset(wake_at(
-                    idle_at,
-                    *this.hard,
-                    next_look(this.liveness, this.closing),
-                ));
+                rearm(
+                    this.timer.as_mut(),
+                    *this.last_activity + *this.limit,
+                    this.hard,
+                    this.liveness,
+                    this.closing,
+                );
                 // The other direction now has a Close to write.
                 cx.waker().wake_by_ref();
             }
@@ -449,12 +451,13 @@ impl<T: Transfer> Future for Tunnel<T> {
                     this.hard,
                     *this.close_timeout,
                 );
-                let idle_at = *this.last_activity + *this.limit;
-                this.timer.as_mut().reset(wake_at(
-                    idle_at,
-                    *this.hard,
-                    next_look(this.liveness, this.closing),
-                ));
+                rearm(
+                    this.timer.as_mut(),
+                    *this.last_activity + *this.limit,
+                    this.hard,
+                    this.liveness,
+                    this.closing,
+                );
                 // Each direction has its part of the closing handshake to play.
                 cx.waker().wake_by_ref();
             }
@@ -469,11 +472,13 @@ impl<T: Transfer> Future for Tunnel<T> {
             });
             *this.limit = this.timers.idle.min(this.timers.half_closed);
             let idle_at = (*this.last_activity).max(Instant::now()) + *this.limit;
-            this.timer.as_mut().reset(wake_at(
+            rearm(
+                this.timer.as_mut(),
                 idle_at,
-                *this.hard,
-                next_look(this.liveness, this.closing),
-            ));
+                this.hard,
+                this.liveness,
+                this.closing,
+            );
         }
         if *this.done == [true, true] {
             let end = this
@@ -545,11 +550,13 @@ impl<T: Transfer> Future for Tunnel<T> {
                 let end = this.closing.unwrap_or(End::Idle);
                 return Poll::Ready(report(this.transfer, end, *this.first_close));
             }
-            this.timer.as_mut().reset(wake_at(
+            rearm(
+                this.timer.as_mut(),
                 idle_at,
-                *this.hard,
-                next_look(this.liveness, this.closing),
-            ));
+                this.hard,
+                this.liveness,
+                this.closing,
+            );
         }
         Poll::Pending
     }
@@ -560,6 +567,17 @@ impl<T: Transfer> Future for Tunnel<T> {
 fn wake_at(idle_at: Instant, hard: Option<(Instant, End)>, look: Option<Instant>) -> Instant {
     let at = hard.map_or(idle_at, |(at, _)| idle_at.min(at));
     look.map_or(at, |l| at.min(l))
+}
+
+/// Sets the tunnel's one timer for `idle_at` and what else is due (see [`wake_at`]).
+fn rearm(
+    timer: Pin<&mut Sleep>,
+    idle_at: Instant,
+    hard: &Option<(Instant, End)>,
+    liveness: &Option<Box<Liveness>>,
+    closing: &Option<End>,
+) {
+    timer.reset(wake_at(idle_at, *hard, next_look(liveness, closing)));
 }
 
 /// The next liveness look; none once the tunnel is closing.

@@ -159,6 +159,42 @@ ca = "{}"
     .await;
 }
 
+/// Opens `count` WebSockets to `ws` from Chromium on `page` (browser_drain_check.py),
+/// runs `then` once each has echoed, and returns the script and the line where it
+/// reports the Close codes its sockets saw.
+async fn browser_closes(
+    page: &str,
+    ws: &str,
+    count: usize,
+    then: impl FnOnce(),
+) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new("python3")
+        .args([
+            &script("browser_drain_check.py"),
+            page,
+            ws,
+            &count.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Chromium's start is slow on a busy machine: a bound of its own.
+    let open = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the browser's sockets open")
+        .unwrap();
+    assert_eq!(open.as_deref(), Some("OPEN"));
+    then();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(40), lines.next_line())
+        .await
+        .expect("the browser reports its closes")
+        .unwrap()
+        .unwrap_or_default();
+    (child, closed)
+}
+
 /// Chromium's own WebSocket objects, opened through sluice to its built-in echo, see a
 /// clean Close 1001 from each tunnel while sluice drains, spread over time, and sluice
 /// exits 0 once they are closed.
@@ -188,25 +224,7 @@ builtin = "echo"
     );
     let page = format!("http://{}/", sluice.http);
     let ws = format!("ws://{}/chat", sluice.http);
-    let mut child = tokio::process::Command::new("python3")
-        .args([&script("browser_drain_check.py"), &page, &ws, "4"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // Chromium's start is slow on a busy machine: a bound of its own.
-    let open = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("the browser's sockets open")
-        .unwrap();
-    assert_eq!(open.as_deref(), Some("OPEN"));
-    sluice.signal("TERM");
-    let closed = tokio::time::timeout(std::time::Duration::from_secs(40), lines.next_line())
-        .await
-        .expect("the browser reports its closes")
-        .unwrap()
-        .unwrap_or_default();
+    let (mut child, closed) = browser_closes(&page, &ws, 4, || sluice.signal("TERM")).await;
     let codes: Vec<&str> = closed
         .strip_prefix("CLOSED ")
         .unwrap_or_else(|| panic!("{closed:?}"))
@@ -383,25 +401,7 @@ servers = ["127.0.0.1:{port}"]
     .await;
     let page = format!("http://{}/", gw.addr);
     let ws = format!("ws://{}/py", gw.addr);
-    let mut child = tokio::process::Command::new("python3")
-        .args([&script("browser_drain_check.py"), &page, &ws, "2"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // Chromium's start is slow on a busy machine: a bound of its own.
-    let open = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("the browser's sockets open")
-        .unwrap();
-    assert_eq!(open.as_deref(), Some("OPEN"));
-    server.start_kill().unwrap();
-    let closed = tokio::time::timeout(std::time::Duration::from_secs(40), lines.next_line())
-        .await
-        .expect("the browser reports its closes")
-        .unwrap()
-        .unwrap_or_default();
+    let (mut child, closed) = browser_closes(&page, &ws, 2, || server.start_kill().unwrap()).await;
     assert_eq!(closed, "CLOSED 1011:clean,1011:clean");
     assert!(child.wait().await.unwrap().success());
 }
