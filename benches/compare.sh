@@ -1,29 +1,32 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: sluice against nginx, HAProxy and Caddy (and the backend
-# reached directly, the ceiling), every scenario against every target in one run.
+# reached directly, the ceiling, and through the floor, a bare TCP relay), every
+# scenario against every target in one run.
 #
-#   benches/compare.sh            full run (under 10 minutes once built)
+#   benches/compare.sh            full run (about 15 minutes once built)
 #   benches/compare.sh --quick    shorter run, fewer idle tunnels (under 3 minutes)
 #
-# Options: --targets "direct sluice nginx haproxy caddy" (a subset, in order; also
-#          sluice-opaque, sluice with WebSocket frame tracking off),
-#          --scenarios "idle ws64-w8 ws64-w128 ws64k-w4 pingpong handshakes http h2 grpc"
-#          (a subset; table order stays), --rounds N (rounds of the rate scenarios;
-#          3 in a full run, 1 quick), --keep (keep the work directory with configs
-#          and logs), --help.
+# Options: --targets "direct floor sluice nginx haproxy caddy" (a subset, in order;
+#          also sluice-opaque, sluice with WebSocket frame tracking off),
+#          --scenarios "idle ws64-w8 ws64-w128 ws64k-w4 pingpong handshakes http
+#          wss-handshakes wss64-w8 wss64k-w4 https h2 grpc" (a subset; table order
+#          stays), --rounds N (rounds of the rate scenarios; 3 in a full run, 1
+#          quick), --keep (keep the work directory with configs and logs), --help.
 #
 # It installs what is missing (nginx, haproxy, caddy, h2load and openssl from the
-# distribution; the sluice binary and the two bench programs with cargo), writes
+# distribution; the sluice binary and the three bench programs with cargo), writes
 # each proxy's config into a temporary directory, starts it on loopback ports picked
 # at run time, pins it to CPU 0 with the load generator and the echo backend on
 # CPU 1, runs the scenarios, and prints one markdown table. Every process it starts
 # is stopped on exit, Ctrl-C included.
 #
-# The h2 scenario (HTTP/2 GETs over TLS, made by h2load) runs against a second start
-# of each proxy, with a TLS listener and the same certificate for all, so the other
-# scenarios run against exactly the configuration they always had. The grpc scenario
-# (gRPC unary calls, also made by h2load) runs against a third start, the same TLS
-# listener in front of the echo backend's h2c gRPC port.
+# The TLS scenarios (wss-*, https: loadgen over rustls; h2: HTTP/2 GETs made by
+# h2load) run against a second start of each proxy, with a TLS listener and the
+# same certificate for all, so the other scenarios run against exactly the
+# configuration they always had. The grpc scenario (gRPC unary calls, also made by
+# h2load) runs against a third start, the same TLS listener in front of the echo
+# backend's h2c gRPC port. The direct and floor columns have no TLS rows: nothing
+# there ends TLS.
 #
 # On a virtual machine the same figure moves by 10 to 20 % from one minute to the
 # next, so a full run measures the rate scenarios in rounds: every target in turn,
@@ -33,14 +36,17 @@
 set -uo pipefail
 
 usage() {
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 QUICK=0
 KEEP=0
 ROUNDS=""
-TARGETS="direct sluice nginx haproxy caddy"
-ALL_SCENARIOS="idle ws64-w8 ws64-w128 ws64k-w4 pingpong handshakes http h2 grpc"
+TARGETS="direct floor sluice nginx haproxy caddy"
+ALL_SCENARIOS="idle ws64-w8 ws64-w128 ws64k-w4 pingpong handshakes http wss-handshakes wss64-w8 wss64k-w4 https h2 grpc"
+# The scenarios of each proxy's TLS start, in table order: loadgen's over rustls,
+# then h2load's HTTP/2 row.
+TLS_SCENARIOS="wss-handshakes wss64-w8 wss64k-w4 https h2"
 SCENARIOS=$ALL_SCENARIOS
 while (($#)); do
     case "$1" in
@@ -81,9 +87,9 @@ done
 }
 for t in $TARGETS; do
     case "$t" in
-    direct | sluice | sluice-opaque | nginx | haproxy | caddy) ;;
+    direct | floor | sluice | sluice-opaque | nginx | haproxy | caddy) ;;
     *)
-        echo "compare.sh: unknown target: $t (known: direct sluice sluice-opaque nginx haproxy caddy)" >&2
+        echo "compare.sh: unknown target: $t (known: direct floor sluice sluice-opaque nginx haproxy caddy)" >&2
         exit 2
         ;;
     esac
@@ -104,6 +110,13 @@ cd "$ROOT" || exit 1
 T0=$(date +%s)
 
 # ---- Durations and sizes ----
+# Idle tunnels: the proxy's memory is read SURGE_MS after the last tunnel opened,
+# while what the surge of handshakes took may still be held, and again SETTLE_MS
+# after it, settled. At once, not after a second: one second after the last of
+# 2,000 or 10,000 opened, every proxy here had already settled (the same VmRSS at
+# 1 s, 1.5 s and 12 s), while at once sluice still held three times its settled
+# cost per tunnel (2026-12-08, quick run: 6.3 against 2.2 KiB).
+SURGE_MS=0
 if ((QUICK)); then
     WARMUP=0.5
     DURATION=1.5
@@ -238,18 +251,28 @@ have_caddy() { command -v caddy >/dev/null 2>&1 || [[ -x /usr/bin/caddy ]]; }
 wanted() { [[ " $TARGETS " == *" $1 "* ]]; }
 scenario_wanted() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
-# HTTP/2 over TLS (h2 and grpc) is measured against the proxies only: the backend
-# speaks HTTP/1.1, and h2c without TLS for gRPC.
-H2_RUNS=0
-if scenario_wanted h2 || scenario_wanted grpc; then
+# Whether target $1 can end TLS: the backend cannot (it speaks HTTP/1.1 and h2c
+# without TLS), nor can the floor, which relays bytes.
+ends_tls() { [[ "$1" != direct && "$1" != floor ]]; }
+# The TLS scenarios (wss-*, https, h2 and grpc) are measured against the proxies only.
+TLS_WANTED=0
+H2LOAD_WANTED=0
+TLS_RUNS=0
+for s in $TLS_SCENARIOS grpc; do
+    scenario_wanted "$s" && TLS_WANTED=1
+done
+if ((TLS_WANTED)); then
     for t in $TARGETS; do
-        [[ "$t" == direct ]] || H2_RUNS=1
+        ends_tls "$t" && TLS_RUNS=1
     done
+fi
+if ((TLS_RUNS)) && { scenario_wanted h2 || scenario_wanted grpc; }; then
+    H2LOAD_WANTED=1
 fi
 # The other scenarios, in table order, for the first start of each target.
 PLAIN_SCENARIOS=""
 for s in $SCENARIOS; do
-    [[ "$s" == h2 || "$s" == grpc ]] || PLAIN_SCENARIOS+="$s "
+    [[ " $TLS_SCENARIOS grpc " == *" $s "* ]] || PLAIN_SCENARIOS+="$s "
 done
 
 missing=()
@@ -259,9 +282,11 @@ for t in nginx haproxy caddy; do
     fi
 done
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
-if ((H2_RUNS)); then
-    command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
+if ((TLS_RUNS)); then
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+fi
+if ((H2LOAD_WANTED)); then
+    command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
     # The grpc scenario's one call through each proxy, to see its trailers.
     scenario_wanted grpc && ! command -v curl >/dev/null 2>&1 && missing+=(curl)
 fi
@@ -289,13 +314,14 @@ export PATH="$PATH:/usr/sbin:/sbin"
 say "building sluice and the bench programs (cargo build --release)"
 command -v cargo >/dev/null 2>&1 || die "cargo is needed to build sluice"
 # In the background and waited for, so that a signal stops the build at once.
-cargo build --release --bin sluice --example loadgen --example echo_backend >&2 &
+cargo build --release --bin sluice --example loadgen --example echo_backend --example floor >&2 &
 STARTED_PIDS+=("$!")
 wait "$!" || die "the build failed"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 SLUICE="$TARGET_DIR/release/sluice"
 LOADGEN="$TARGET_DIR/release/examples/loadgen"
 BACKEND="$TARGET_DIR/release/examples/echo_backend"
+FLOOR="$TARGET_DIR/release/examples/floor"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench.XXXXXX") || die "mktemp failed"
 # nginx's worker runs as an unprivileged user and must reach its prefix.
@@ -307,14 +333,16 @@ RESULTS="$OUT_DIR/compare-$STAMP.jsonl"
 TABLE="$OUT_DIR/compare-$STAMP.md"
 : >"$RESULTS"
 
-# ---- TLS for the h2 scenario: one certificate for every proxy ----
-# ECDSA P-256, for localhost and 127.0.0.1 (h2load sends no SNI to an IP address, so
-# a proxy that picks its certificate by name falls back on the address or on its
-# only one). Made fresh each run; nothing checks it but the handshake itself.
+# ---- TLS for the TLS scenarios: one certificate for every proxy ----
+# ECDSA P-256, for localhost and 127.0.0.1 (neither h2load nor loadgen sends SNI to
+# an IP address, so a proxy that picks its certificate by name falls back on the
+# address or on its only one). Made fresh each run; h2load checks nothing but the
+# handshake, loadgen trusts exactly this certificate.
 CERT=""
 KEY=""
 CERT_AND_KEY=""
-if ((H2_RUNS)); then
+H2LOAD=""
+if ((TLS_RUNS)); then
     mkdir -p "$WORK/tls"
     CERT="$WORK/tls/cert.pem"
     KEY="$WORK/tls/key.pem"
@@ -327,13 +355,16 @@ if ((H2_RUNS)); then
     cat "$CERT" "$KEY" >"$CERT_AND_KEY"
     # nginx's master reads them as root; the rest run as root here.
     chmod 600 "$KEY" "$CERT_AND_KEY"
-    H2LOAD=$(command -v h2load) || die "h2load is needed for the h2 scenario (package nghttp2-client)"
 fi
-# What h2load offers, so that every proxy negotiates the same: TLS 1.3 with one
-# cipher suite and one key-exchange group. AES-128-GCM is the one every TLS 1.3
-# stack must have and the one clients prefer on machines with AES instructions.
-H2_CIPHER=TLS_AES_128_GCM_SHA256
-H2_GROUP=X25519
+if ((H2LOAD_WANTED)); then
+    H2LOAD=$(command -v h2load) || die "h2load is needed for the h2 and grpc scenarios (package nghttp2-client)"
+fi
+# What h2load and loadgen offer, so that every proxy negotiates the same: TLS 1.3
+# with one cipher suite and one key-exchange group. AES-128-GCM is the one every
+# TLS 1.3 stack must have and the one clients prefer on machines with AES
+# instructions.
+TLS_CIPHER=TLS_AES_128_GCM_SHA256
+TLS_GROUP=X25519
 
 # ---- CPU pinning and priority ----
 # As root, everything runs at the highest priority so that other work on the machine
@@ -358,14 +389,15 @@ else
 fi
 
 # ---- Per-target configuration ----
-# Each writes its config into $WORK/<target>/ ($WORK/<target>-h2/ when KIND is h2,
+# Each writes its config into $WORK/<target>/ ($WORK/<target>-tls/ when KIND is tls,
 # -grpc when grpc) and starts the proxy listening on $PROXY_PORT in front of the
 # backend on $BACKEND_PORT; sets PROXY_MAIN (the process started, stopped at the
 # end) and PROXY_PID (the one whose CPU time and memory are measured: the same
-# except for nginx). KIND plain is a plain listener, for every scenario but h2 and
-# grpc; KIND h2 is a TLS listener offering h2 in ALPN, with $CERT and $KEY, TLS 1.3
-# only, and otherwise the same settings; KIND grpc is the same TLS listener in front
-# of the backend's h2c gRPC port, $GRPC_PORT, spoken to over HTTP/2.
+# except for nginx). KIND plain is a plain listener, for every scenario but the TLS
+# ones; KIND tls is a TLS listener offering h2 and http/1.1 in ALPN, with $CERT and
+# $KEY, TLS 1.3 only, and otherwise the same settings, for the wss-*, https and h2
+# scenarios; KIND grpc is the same TLS listener in front of the backend's h2c gRPC
+# port, $GRPC_PORT, spoken to over HTTP/2. The floor starts for KIND plain only.
 KIND=plain
 
 work_dir() {
@@ -378,7 +410,9 @@ work_dir() {
 # (7,000 to 10,000 connections in TIME_WAIT after 3 s) and the row measured
 # connection set-up instead of HTTP/2. HAProxy keeps every idle connection anyway.
 # The grpc scenario keeps as many: nginx's grpc_pass carries one call per upstream
-# connection at a time; the others multiplex calls on a few HTTP/2 connections.
+# connection at a time; the others multiplex calls on a few HTTP/2 connections. The
+# wss and https rows share the h2 row's start, so they have the same pool; they need
+# at most 50 (https) upstream connections at once.
 upstream_idle() {
     if [[ "$KIND" == plain ]]; then echo 128; else echo 1024; fi
 }
@@ -617,6 +651,19 @@ EOF
     wait_port "$PROXY_PORT" "$PROXY_PID"
 }
 
+# The floor: a bare TCP relay (benches/floor/), one thread, epoll, a fixed buffer
+# per direction; what relaying bytes through a process costs, and nothing else.
+start_floor() {
+    local d
+    d=$(work_dir floor)
+    mkdir -p "$d"
+    start_bg "$d/floor.log" "${PROXY_PIN[@]}" "$FLOOR" --listen "127.0.0.1:$PROXY_PORT" \
+        --upstream "127.0.0.1:$BACKEND_PORT"
+    PROXY_MAIN=$LAST_PID
+    PROXY_PID=$LAST_PID
+    wait_port "$PROXY_PORT" "$PROXY_PID"
+}
+
 # The backend reached straight away: no proxy, the ceiling of the machine.
 start_direct() {
     PROXY_MAIN=""
@@ -630,6 +677,7 @@ proxy_log() {
     nginx) echo "$(work_dir nginx)/error.log" ;;
     haproxy) echo "$(work_dir haproxy)/haproxy.log" ;;
     caddy) echo "$(work_dir caddy)/caddy.log" ;;
+    floor) echo "$(work_dir floor)/floor.log" ;;
     *) echo "$WORK/backend-$1.log" ;;
     esac
 }
@@ -641,6 +689,7 @@ version_of() {
     nginx) nginx -v 2>&1 | sed 's/^nginx version: //' ;;
     haproxy) haproxy -v 2>/dev/null | head -n1 | awk '{print "HAProxy " $3}' ;;
     caddy) echo "Caddy $(caddy version 2>/dev/null | awk '{print $1}')" ;;
+    floor) echo "floor (benches/floor; mio $(awk '/^name = "mio"$/ { getline; print $3 }' "$ROOT/Cargo.lock" | tr -d '"'))" ;;
     esac
 }
 
@@ -706,7 +755,7 @@ scenario() {
     alive "$t"
 }
 
-# The scenarios in table order but h2, for one target already listening (KIND plain).
+# The plain scenarios in table order, for one target already listening (KIND plain).
 run_scenarios() {
     local t=$1 round=$2
     if ((round == 1)) && scenario_wanted idle; then
@@ -717,7 +766,8 @@ run_scenarios() {
         sleep 0.3
 
         # Idle first: after the heavy scenarios, allocator caches would hide the cost.
-        scenario "$t" idle idle --connections "$IDLE_N" --settle-ms "$SETTLE_MS" || return
+        scenario "$t" idle idle --connections "$IDLE_N" --surge-ms "$SURGE_MS" \
+            --settle-ms "$SETTLE_MS" || return
     fi
     scenario "$t" ws64-w8 throughput --connections 100 --window 8 --size 64 \
         --warmup "$WARMUP" --duration "$DURATION" || return
@@ -741,33 +791,93 @@ GRPC_TITLE="gRPC unary over TLS, $H2_CONNS conns × $H2_STREAMS streams"
 GRPC_PATH=/bench.Echo/Unary
 GRPC_MESSAGE_LEN=64
 
-# The h2 or grpc scenario (as KIND says) for one target, against its own start of
-# the proxy with a TLS listener. A target that cannot serve it gets a record saying
-# why, so its cell shows "—" and the reason; the run goes on.
-run_tls() {
-    local t=$1 round=$2 title=$H2_TITLE mode=h2load why="the echo backend speaks HTTP/1.1 only"
-    local extra=()
+# The TLS scenarios of this start (as KIND says) that were asked for, in table order.
+kind_scenarios() {
+    local s
     if [[ "$KIND" == grpc ]]; then
-        title=$GRPC_TITLE
-        mode=grpc
-        why="no proxy to end TLS: the echo backend speaks gRPC over h2c only"
-        extra=(--path "$GRPC_PATH" --message-len "$GRPC_MESSAGE_LEN"
-            --backend-counts "127.0.0.1:$BACKEND_PORT")
+        scenario_wanted grpc && echo grpc
+    else
+        for s in $TLS_SCENARIOS; do
+            scenario_wanted "$s" && echo "$s"
+        done
     fi
-    if [[ "$t" == direct ]]; then
+}
+
+# "mode|title" of TLS scenario $1, for the records of targets that do not run it:
+# the same as loadgen writes, so that the row reads the same whichever record
+# comes first.
+tls_row() {
+    case "$1" in
+    wss-handshakes) echo "handshakes|wss handshakes, concurrency 50" ;;
+    wss64-w8) echo "throughput|wss 64 B × 100 conns × window 8" ;;
+    wss64k-w4) echo "throughput|wss 64 KiB × 10 conns × window 4" ;;
+    https) echo "http|HTTPS GET keep-alive, 50 conns" ;;
+    h2) echo "h2load|$H2_TITLE" ;;
+    grpc) echo "grpc|$GRPC_TITLE" ;;
+    esac
+}
+
+# tls_records TARGET WHY [error]: a record for each TLS scenario of this start that
+# TARGET did not run: skipped, for WHY (its cells show a plain "—"), or with "error"
+# a failure whose first error is WHY.
+tls_records() {
+    local t=$1 why=$2 error=${3:-} s row
+    for s in $(kind_scenarios); do
+        row=$(tls_row "$s")
+        if [[ -n "$error" ]]; then
+            printf '{"scenario":"%s","title":"%s","mode":"%s","target":"%s","errors_total":1,"first_error":"%s"}\n' \
+                "$s" "${row#*|}" "${row%%|*}" "$t" "$why"
+        else
+            printf '{"scenario":"%s","title":"%s","mode":"%s","target":"%s","skipped":"%s"}\n' \
+                "$s" "${row#*|}" "${row%%|*}" "$t" "$why"
+        fi
+    done >>"$RESULTS"
+}
+
+# The TLS scenarios of KIND tls for one target listening with its TLS listener:
+# loadgen's WebSocket and HTTP/1.1 rows over rustls (TLS 1.3, one suite, one group,
+# ALPN http/1.1 alone, no resumption), then h2load's HTTP/2 row.
+tls_scenarios() {
+    local t=$1
+    local tls=(--tls-cert "$CERT" --cipher "$TLS_CIPHER" --group "$TLS_GROUP"
+        --warmup "$WARMUP" --duration "$DURATION")
+    scenario "$t" wss-handshakes handshakes --concurrency 50 "${tls[@]}" || return
+    scenario "$t" wss64-w8 throughput --connections 100 --window 8 --size 64 "${tls[@]}" || return
+    scenario "$t" wss64k-w4 throughput --connections 10 --window 4 --size 65536 "${tls[@]}" || return
+    scenario "$t" https http --connections 50 --body-len "$HTTP_BODY" "${tls[@]}" || return
+    scenario "$t" h2 h2load --connections "$H2_CONNS" --streams "$H2_STREAMS" \
+        --h2load "$H2LOAD" --cipher "$TLS_CIPHER" --group "$TLS_GROUP" \
+        --warmup "$WARMUP" --duration "$DURATION"
+}
+
+# The scenarios of the start KIND says (tls or grpc) for one target, against its own
+# start of the proxy with a TLS listener. A target that cannot serve them gets a
+# record saying why, so its cells show "—"; the run goes on.
+run_tls() {
+    local t=$1 round=$2
+    [[ -n "$(kind_scenarios)" ]] || return 0
+    if ! ends_tls "$t"; then
         # Nothing to measure, once.
-        ((round == 1)) && printf '{"scenario":"%s","title":"%s","mode":"%s","target":"direct","skipped":"%s"}\n' \
-            "$KIND" "$title" "$mode" "$why" >>"$RESULTS"
+        if ((round == 1)); then
+            case "$t" in
+            direct) tls_records "$t" "no proxy to end TLS: the echo backend speaks HTTP/1.1 and h2c only" ;;
+            *) tls_records "$t" "the floor relays plain TCP: it cannot end TLS" ;;
+            esac
+        fi
         return 0
     fi
     if start_target "$t"; then
-        [[ "$KIND" == grpc ]] && grpc_trailers "$t"
-        scenario "$t" "$KIND" "$mode" --connections "$H2_CONNS" --streams "$H2_STREAMS" \
-            --h2load "$H2LOAD" --cipher "$H2_CIPHER" --group "$H2_GROUP" \
-            --warmup "$WARMUP" --duration "$DURATION" "${extra[@]}"
+        if [[ "$KIND" == grpc ]]; then
+            grpc_trailers "$t"
+            scenario "$t" grpc grpc --connections "$H2_CONNS" --streams "$H2_STREAMS" \
+                --h2load "$H2LOAD" --cipher "$TLS_CIPHER" --group "$TLS_GROUP" \
+                --warmup "$WARMUP" --duration "$DURATION" --path "$GRPC_PATH" \
+                --message-len "$GRPC_MESSAGE_LEN" --backend-counts "127.0.0.1:$BACKEND_PORT"
+        else
+            tls_scenarios "$t"
+        fi
     else
-        printf '{"scenario":"%s","title":"%s","mode":"%s","target":"%s","errors_total":1,"first_error":"did not start with a TLS listener (see its log)"}\n' \
-            "$KIND" "$title" "$mode" "$t" >>"$RESULTS"
+        tls_records "$t" "did not start with a TLS listener (see its log)" error
     fi
     # For nginx this is the master; stopping it stops the worker too.
     [[ -n "$PROXY_MAIN" ]] && stop_pid "$PROXY_MAIN"
@@ -875,8 +985,7 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
             # For nginx this is the master; stopping it stops the worker too.
             [[ -n "$PROXY_MAIN" ]] && stop_pid "$PROXY_MAIN"
         fi
-        for KIND in h2 grpc; do
-            scenario_wanted "$KIND" || continue
+        for KIND in tls grpc; do
             PROXY_PORT=$TLS_PORT
             run_tls "$t" "$ROUND"
         done
@@ -888,12 +997,12 @@ done
 # ---- The table ----
 ELAPSED=$(($(date +%s) - T0))
 NOTES=()
-if ! scenario_wanted idle; then
-    : # No idle row, nothing to say about it.
-elif ((IDLE_CAPPED)); then
-    NOTES+=("Idle tunnels: $IDLE_N, not $IDLE_WANTED: a proxy holds two descriptors per tunnel and the hard open-file limit here is $NOFILE (ulimit -Hn), so N is capped at (limit − 200) / 2.")
-else
-    NOTES+=("Idle tunnels: $IDLE_N per target; KiB/tunnel is the growth of the proxy's resident memory (VmRSS) with all of them open, divided by their number.")
+# Milliseconds as seconds: 1500 -> 1.5.
+secs() { awk -v ms="$1" 'BEGIN { printf "%g", ms / 1000 }'; }
+if scenario_wanted idle; then
+    idle_note="Idle tunnels: $IDLE_N per target"
+    ((IDLE_CAPPED)) && idle_note="Idle tunnels: $IDLE_N, not $IDLE_WANTED: a proxy holds two descriptors per tunnel and the hard open-file limit here is $NOFILE (ulimit -Hn), so N is capped at (limit − 200) / 2"
+    NOTES+=("$idle_note. KiB/tunnel is the growth of the proxy's resident memory (VmRSS) from before the first tunnel opened, divided by the tunnels: read as the last one opened (the \"as the last opened\" row: what the surge of handshakes still holds) and again $(secs "$SETTLE_MS") s after it (settled).")
 fi
 if ((ROUNDS > 1)); then
     MEASURED="${DURATION} s measured, in $ROUNDS rounds (every target in turn, restarted and in a different order each round); each cell is the median of its rounds"
@@ -908,16 +1017,18 @@ fi
 # The string value of key $1 in the JSON text $2 (flat: no nesting, no escapes).
 json_str() { grep -o "\"$1\":\"[^\"]*\"" <<<"$2" | head -n1 | cut -d'"' -f4; }
 
-# What each target's TLS handshakes settled on in the scenarios of loadgen mode $1
-# (h2load or grpc), as h2load reported it, grouped: "nginx, caddy: h2, TLSv1.3, ...".
-h2_negotiated() {
-    local mode=$1 line t tls what i found
+# What each target's TLS handshakes settled on in the scenarios named by the
+# extended regular expression $1, as its client reported it (h2load, or loadgen's
+# rustls), grouped: "nginx, caddy: h2, TLSv1.3, ...".
+tls_negotiated() {
+    local scenarios=$1 line t tls what i found
     local whats=() whos=()
     while IFS= read -r line; do
         t=$(json_str target "$line")
         tls=$(grep -o '"tls":{[^}]*}' <<<"$line")
-        [[ -n "$(json_str alpn "$tls")" ]] || continue
+        [[ -n "$(json_str protocol "$tls")" ]] || continue
         what="$(json_str alpn "$tls"), $(json_str protocol "$tls"), $(json_str cipher "$tls"), key exchange $(json_str temp_key "$tls")"
+        [[ -n "$(json_str alpn "$tls")" ]] || what="no ALPN$what"
         found=0
         for i in "${!whats[@]}"; do
             if [[ "${whats[$i]}" == "$what" ]]; then
@@ -929,7 +1040,7 @@ h2_negotiated() {
             whats+=("$what")
             whos+=("$t")
         }
-    done < <(grep "\"mode\":\"$mode\"" "$RESULTS")
+    done < <(grep -E "\"scenario\":\"($scenarios)\"" "$RESULTS")
     for i in "${!whats[@]}"; do
         ((i)) && printf '; '
         printf '%s: %s' "${whos[$i]// /, }" "${whats[$i]}"
@@ -953,14 +1064,22 @@ grpc_calls() {
             "$(json_num requests "$line")" "$(json_num refused "$calls")" "$(json_num connections "$calls")"
     done < <(grep '"mode":"grpc"' "$RESULTS")
 }
+WSS_WANTED=""
+for s in wss-handshakes wss64-w8 wss64k-w4 https; do
+    scenario_wanted "$s" && WSS_WANTED+="${WSS_WANTED:+|}$s"
+done
+if [[ -n "$WSS_WANTED" ]]; then
+    negotiated=$(tls_negotiated "$WSS_WANTED")
+    NOTES+=("wss and HTTPS rows (${WSS_WANTED//|/, }): loadgen (rustls, one thread, on CPU 1) against the same TLS listener of each proxy as the HTTP/2 row, same certificate, TLS 1.3 only; loadgen offers only $TLS_CIPHER and $TLS_GROUP and ALPN http/1.1 alone, trusts exactly the bench certificate, and resumes no session: every connection of the wss handshakes row makes a full handshake (TCP connect, TLS, upgrade, one echo, closing handshake, close). The direct and floor columns are empty: nothing there ends TLS. Negotiated (as loadgen's rustls reported it, each handshake checked): ${negotiated:-nothing, no target completed it}.")
+fi
 if scenario_wanted h2; then
-    negotiated=$(h2_negotiated h2load)
-    NOTES+=("$H2_TITLE: h2load ($(h2load --version 2>/dev/null | awk '{print $2}'), one thread, on CPU 1) against each proxy's TLS listener; every proxy has the same ECDSA P-256 certificate and allows TLS 1.3 only, h2load offers only $H2_CIPHER and $H2_GROUP, ALPN h2 alone, and the proxies speak HTTP/1.1 with keep-alive to the backend (up to $(KIND=h2 upstream_idle) idle connections kept). The direct column is empty: the backend speaks HTTP/1.1 only. Negotiated (as h2load reported it): ${negotiated:-nothing, no target completed it}.")
+    negotiated=$(tls_negotiated h2)
+    NOTES+=("$H2_TITLE: h2load ($(h2load --version 2>/dev/null | awk '{print $2}'), one thread, on CPU 1) against each proxy's TLS listener; every proxy has the same ECDSA P-256 certificate and allows TLS 1.3 only, h2load offers only $TLS_CIPHER and $TLS_GROUP, ALPN h2 alone, and the proxies speak HTTP/1.1 with keep-alive to the backend (up to $(KIND=tls upstream_idle) idle connections kept). The direct and floor columns are empty: the backend speaks HTTP/1.1 only, the floor cannot end TLS. Negotiated (as h2load reported it): ${negotiated:-nothing, no target completed it}.")
 fi
 if scenario_wanted grpc; then
-    negotiated=$(h2_negotiated grpc)
+    negotiated=$(tls_negotiated grpc)
     calls=$(grpc_calls)
-    NOTES+=("$GRPC_TITLE: h2load against the same TLS listeners as the HTTP/2 row, each call a POST to $GRPC_PATH of one $GRPC_MESSAGE_LEN-byte message (framed: $((GRPC_MESSAGE_LEN + 5)) bytes) with content-type application/grpc and te: trailers; each proxy speaks HTTP/2 without TLS (h2c) to the echo backend's gRPC port, which answers with the same message and a grpc-status 0 trailer (sluice protocol = \"h2\", nginx grpc_pass grpc://, HAProxy server ... proto h2, Caddy reverse_proxy h2c://). The direct column is empty: nothing to end TLS. Calls the backend answered over HTTP/2 with grpc-status 0 during the measured interval, of those h2load counted as succeeded (they differ by the calls in flight at its edges): ${calls:-none}. Trailers with grpc-status 0 seen through one curl --http2 call: ${GRPC_TRAILERS[*]:-none}. Negotiated (as h2load reported it): ${negotiated:-nothing, no target completed it}.")
+    NOTES+=("$GRPC_TITLE: h2load against the same TLS listeners as the HTTP/2 row, each call a POST to $GRPC_PATH of one $GRPC_MESSAGE_LEN-byte message (framed: $((GRPC_MESSAGE_LEN + 5)) bytes) with content-type application/grpc and te: trailers; each proxy speaks HTTP/2 without TLS (h2c) to the echo backend's gRPC port, which answers with the same message and a grpc-status 0 trailer (sluice protocol = \"h2\", nginx grpc_pass grpc://, HAProxy server ... proto h2, Caddy reverse_proxy h2c://). The direct and floor columns are empty: nothing there ends TLS. Calls the backend answered over HTTP/2 with grpc-status 0 during the measured interval, of those h2load counted as succeeded (they differ by the calls in flight at its edges): ${calls:-none}. Trailers with grpc-status 0 seen through one curl --http2 call: ${GRPC_TRAILERS[*]:-none}. Negotiated (as h2load reported it): ${negotiated:-nothing, no target completed it}.")
 fi
 if ((${#VERSIONS[@]})); then
     joined=$(
@@ -971,7 +1090,9 @@ if ((${#VERSIONS[@]})); then
 fi
 read -r -a COLUMNS <<<"$TARGETS"
 say "results"
-"$LOADGEN" report --results "$RESULTS" --targets "$(
+# The best peer of the ratio column is one of the other proxies, never the direct,
+# floor or sluice-opaque columns, which are references, not peers.
+"$LOADGEN" report --results "$RESULTS" --peers nginx,haproxy,caddy --targets "$(
     IFS=,
     echo "${COLUMNS[*]}"
 )" "${NOTES[@]/#/--note=}" | tee "$TABLE"

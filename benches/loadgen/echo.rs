@@ -4,9 +4,12 @@
 //! The messages are framed and masked once, before the run, and every connection
 //! copies the same bytes; an echo is checked byte for byte against what its slot
 //! sent. Each connection is one task that reads and writes on readiness, so a large
-//! window never deadlocks with both ends blocked writing.
+//! window never deadlocks with both ends blocked writing. What a connection has
+//! sent and awaits is a [`Flow`]; a [`Pump`] moves its bytes: plain TCP here, TLS in
+//! `wss.rs`.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,11 +18,12 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{sleep_until, timeout};
+use tokio_rustls::client::TlsStream;
 
 use crate::frame::{self, RecvBuf};
 use crate::probe::{Probe, Usage};
 use crate::stats::{Errors, Failure, Latencies, Recorder, Window};
-use crate::ws::{self, Rng, Target};
+use crate::ws::{self, Dial, Rng, Target};
 
 /// What a run asks for.
 #[derive(Debug, Clone, Copy)]
@@ -89,52 +93,20 @@ pub async fn run(target: Arc<Target>, p: Params, probe: &Probe) -> Outcome {
 
     let mut tasks = Vec::with_capacity(p.connections);
     for i in 0..p.connections {
-        let (target, msgs, ready_tx, mut start_rx, opening) = (
-            target.clone(),
-            msgs.clone(),
-            ready_tx.clone(),
-            start_rx.clone(),
-            opening.clone(),
-        );
-        let mut rec = latency.recorder();
-        tasks.push(tokio::spawn(async move {
-            let mut errors = Errors::default();
-            let mut rng = Rng::new(0x1234_5678 + i as u64);
-            let opened = {
-                let _permit = opening.acquire().await;
-                open(&target, &mut rng).await
-            };
-            let (s, rbuf) = match opened {
-                Ok(c) => {
-                    let _ = ready_tx.send(true).await;
-                    c
-                }
-                Err(f) => {
-                    errors.add(&f);
-                    let _ = ready_tx.send(false).await;
-                    return (0, 0, errors);
-                }
-            };
-            drop(ready_tx);
-            let w = match start_rx.wait_for(Option::is_some).await.map(|w| *w) {
-                Ok(Some(w)) => w,
-                _ => return (0, 0, errors),
-            };
-            let mut conn = Conn::new(s, rbuf, &msgs, target.step);
-            let result = conn.drive(&w, &mut rec).await;
-            let (n, b) = (conn.messages, conn.bytes);
-            match result {
-                Ok(()) => {
-                    if let Err(f) =
-                        ws::close(&mut conn.s, &mut conn.rbuf, msgs.mask, target.step).await
-                    {
-                        errors.add(&f);
-                    }
-                }
-                Err(f) => errors.add(&f),
-            }
-            (n, b, errors)
-        }));
+        let c = Connection {
+            seed: 0x1234_5678 + i as u64,
+            target: target.clone(),
+            msgs: msgs.clone(),
+            ready_tx: ready_tx.clone(),
+            start_rx: start_rx.clone(),
+            opening: opening.clone(),
+            rec: latency.recorder(),
+        };
+        tasks.push(if target.tls.is_some() {
+            tokio::spawn(c.run::<TlsStream<TcpStream>>())
+        } else {
+            tokio::spawn(c.run::<TcpStream>())
+        });
     }
     drop(ready_tx);
 
@@ -171,16 +143,128 @@ pub async fn run(target: Arc<Target>, p: Params, probe: &Probe) -> Outcome {
     out
 }
 
-async fn open(target: &Target, rng: &mut Rng) -> Result<(TcpStream, RecvBuf), Failure> {
-    let mut s = ws::connect(target).await?;
+/// What one connection's task is given.
+struct Connection {
+    seed: u64,
+    target: Arc<Target>,
+    msgs: Arc<Messages>,
+    ready_tx: mpsc::Sender<bool>,
+    start_rx: watch::Receiver<Option<Window>>,
+    opening: Arc<Semaphore>,
+    rec: Recorder,
+}
+
+impl Connection {
+    /// Opens, says so, waits for the start, echoes until the end, closes; returns
+    /// the echoes and payload bytes it counted, and its errors.
+    async fn run<S: Dial + Pump>(mut self) -> (u64, u64, Errors) {
+        let mut errors = Errors::default();
+        let mut rng = Rng::new(self.seed);
+        let opened = {
+            let _permit = self.opening.acquire().await;
+            open::<S>(&self.target, &mut rng).await
+        };
+        let (mut s, rbuf) = match opened {
+            Ok(c) => {
+                let _ = self.ready_tx.send(true).await;
+                c
+            }
+            Err(f) => {
+                errors.add(&f);
+                let _ = self.ready_tx.send(false).await;
+                return (0, 0, errors);
+            }
+        };
+        drop(self.ready_tx);
+        let w = match self.start_rx.wait_for(Option::is_some).await.map(|w| *w) {
+            Ok(Some(w)) => w,
+            _ => return (0, 0, errors),
+        };
+        let mut flow = Flow::new(rbuf, &self.msgs);
+        let result = match flow.start(&w, &mut self.rec) {
+            Ok(()) => s.pump(&mut flow, &w, &mut self.rec, self.target.step).await,
+            Err(f) => Err(f),
+        };
+        let (n, b) = (flow.messages, flow.bytes);
+        match result {
+            Ok(()) => {
+                let step = self.target.step;
+                if let Err(f) = ws::close(&mut s, &mut flow.rbuf, self.msgs.mask, step).await {
+                    errors.add(&f);
+                }
+            }
+            Err(f) => errors.add(&f),
+        }
+        (n, b, errors)
+    }
+}
+
+async fn open<S: Dial>(target: &Target, rng: &mut Rng) -> Result<(S, RecvBuf), Failure> {
+    let mut s = S::dial(target).await?;
     let mut rbuf = RecvBuf::with_capacity(64 * 1024);
     ws::upgrade(&mut s, &mut rbuf, target, rng).await?;
     Ok((s, rbuf))
 }
 
-/// One connection's state during the run.
-struct Conn<'a> {
-    s: TcpStream,
+/// Moves a [`Flow`]'s bytes over one kind of stream until it is done: every
+/// message of the run sent and its echo back.
+pub trait Pump: Send {
+    fn pump(
+        &mut self,
+        flow: &mut Flow<'_>,
+        w: &Window,
+        rec: &mut Recorder,
+        step: Duration,
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
+/// Plain TCP: waits for readiness and reads and writes what the socket takes, with
+/// no buffering between the socket and the flow.
+impl Pump for TcpStream {
+    async fn pump(
+        &mut self,
+        f: &mut Flow<'_>,
+        w: &Window,
+        rec: &mut Recorder,
+        step: Duration,
+    ) -> Result<(), Failure> {
+        loop {
+            // Write what the socket takes now; the rest waits for writability.
+            while !f.pending().is_empty() {
+                match self.try_write(f.pending()) {
+                    Ok(n) => f.wrote(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(Failure::new("io", format!("write: {e}"))),
+                }
+            }
+            if f.done() {
+                return Ok(());
+            }
+            let interest = if f.pending().is_empty() {
+                Interest::READABLE
+            } else {
+                Interest::READABLE | Interest::WRITABLE
+            };
+            let ready = match timeout(step, self.ready(interest)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return Err(Failure::new("io", e.to_string())),
+                Err(_) => return Err(Failure::new("timeout", "no echo in time")),
+            };
+            if ready.is_readable() || ready.is_read_closed() {
+                match self.try_read(f.read_space()) {
+                    Ok(0) => return Err(Failure::new("closed", "the proxy closed the connection")),
+                    Ok(n) => f.got(n, Instant::now(), w, rec)?,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(Failure::new("io", format!("read: {e}"))),
+                }
+            }
+        }
+    }
+}
+
+/// One connection's traffic during the run, apart from its stream: what is queued
+/// to send, what is in flight, what has come back.
+pub struct Flow<'a> {
     rbuf: RecvBuf,
     /// Frames to send, written from `out_pos` on.
     out: Vec<u8>,
@@ -192,7 +276,6 @@ struct Conn<'a> {
     /// Bytes the next frame needs in the buffer to be whole.
     need: usize,
     msgs: &'a Messages,
-    step: Duration,
     messages: u64,
     bytes: u64,
 }
@@ -200,10 +283,9 @@ struct Conn<'a> {
 /// Read size: large enough to take many small echoes, or a big one, per call.
 const READ: usize = 64 * 1024;
 
-impl<'a> Conn<'a> {
-    fn new(s: TcpStream, rbuf: RecvBuf, msgs: &'a Messages, step: Duration) -> Self {
-        Conn {
-            s,
+impl<'a> Flow<'a> {
+    fn new(rbuf: RecvBuf, msgs: &'a Messages) -> Self {
+        Flow {
             rbuf,
             out: Vec::with_capacity(msgs.frames.iter().map(Vec::len).sum()),
             out_pos: 0,
@@ -211,61 +293,35 @@ impl<'a> Conn<'a> {
             open: None,
             need: 0,
             msgs,
-            step,
             messages: 0,
             bytes: 0,
         }
     }
 
-    /// Fills the window, then echoes until the end of the run and until every
-    /// message in flight has come back.
-    async fn drive(&mut self, w: &Window, rec: &mut Recorder) -> Result<(), Failure> {
+    /// Queues the whole window, and takes the echoes that arrived with the
+    /// handshake's response.
+    fn start(&mut self, w: &Window, rec: &mut Recorder) -> Result<(), Failure> {
         let now = Instant::now();
         for (slot, f) in self.msgs.frames.iter().enumerate() {
             self.out.extend_from_slice(f);
             self.flights.push_back((slot, now));
         }
-        // Echoes that arrived with the handshake's response.
-        self.process(now, w, rec)?;
-        loop {
-            self.flush()?;
-            if self.flights.is_empty() && self.out_pos == self.out.len() {
-                return Ok(());
-            }
-            let interest = if self.out_pos < self.out.len() {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            let ready = match timeout(self.step, self.s.ready(interest)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => return Err(Failure::new("io", e.to_string())),
-                Err(_) => return Err(Failure::new("timeout", "no echo in time")),
-            };
-            if ready.is_readable() || ready.is_read_closed() {
-                let want = self.need.max(READ);
-                match self.s.try_read(self.rbuf.spare(want)) {
-                    Ok(0) => return Err(Failure::new("closed", "the proxy closed the connection")),
-                    Ok(n) => {
-                        self.rbuf.advance(n);
-                        self.process(Instant::now(), w, rec)?;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(Failure::new("io", format!("read: {e}"))),
-                }
-            }
-        }
+        self.process(now, w, rec)
     }
 
-    /// Writes what the socket takes now; the rest waits for writability.
-    fn flush(&mut self) -> Result<(), Failure> {
-        while self.out_pos < self.out.len() {
-            match self.s.try_write(&self.out[self.out_pos..]) {
-                Ok(n) => self.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(Failure::new("io", format!("write: {e}"))),
-            }
-        }
+    /// Whether every message of the run has been sent and has come back.
+    pub fn done(&self) -> bool {
+        self.flights.is_empty() && self.out_pos == self.out.len()
+    }
+
+    /// The bytes waiting to be written.
+    pub fn pending(&self) -> &[u8] {
+        &self.out[self.out_pos..]
+    }
+
+    /// `n` bytes of [`Flow::pending`] were written.
+    pub fn wrote(&mut self, n: usize) {
+        self.out_pos += n;
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
@@ -273,7 +329,23 @@ impl<'a> Conn<'a> {
             self.out.drain(..self.out_pos);
             self.out_pos = 0;
         }
-        Ok(())
+    }
+
+    /// Where the next read goes.
+    pub fn read_space(&mut self) -> &mut [u8] {
+        self.rbuf.spare(self.need.max(READ))
+    }
+
+    /// `n` bytes were read into [`Flow::read_space`] at `now`.
+    pub fn got(
+        &mut self,
+        n: usize,
+        now: Instant,
+        w: &Window,
+        rec: &mut Recorder,
+    ) -> Result<(), Failure> {
+        self.rbuf.advance(n);
+        self.process(now, w, rec)
     }
 
     /// Consumes every whole frame in the buffer: checks each echo, counts it, and

@@ -26,6 +26,7 @@ use tokio::time::timeout;
 
 use crate::probe::{Probe, Sample, Usage};
 use crate::stats::{Errors, Failure};
+use crate::tls::Negotiated;
 use crate::ws::Target;
 
 #[derive(Debug, Clone)]
@@ -64,15 +65,6 @@ pub struct BackendCalls {
     pub refused: u64,
     /// HTTP/2 connections the proxy opened to the backend.
     pub connections: u64,
-}
-
-/// What the TLS handshake settled on, as h2load reports it for its first connection.
-#[derive(Debug, Default, Clone)]
-pub struct Negotiated {
-    pub protocol: Option<String>,
-    pub cipher: Option<String>,
-    pub temp_key: Option<String>,
-    pub alpn: Option<String>,
 }
 
 #[derive(Debug)]

@@ -2,17 +2,20 @@
 //! connect, upgrade, one small echo, the closing handshake, and the socket closed.
 //!
 //! One cycle is one operation: it is what a gateway pays for every short-lived
-//! WebSocket, on top of the messages.
+//! WebSocket, on top of the messages. Over TLS (wss-handshakes) the cycle includes
+//! a full TLS 1.3 handshake: no resumption, as a new visitor makes it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::net::TcpStream;
 use tokio::time::{sleep, sleep_until};
+use tokio_rustls::client::TlsStream;
 
 use crate::frame::{self, RecvBuf};
 use crate::probe::{Probe, Usage};
 use crate::stats::{Errors, Failure, Latencies, Window};
-use crate::ws::{self, Rng, Target};
+use crate::ws::{self, Dial, Rng, Target};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Params {
@@ -50,7 +53,12 @@ pub async fn run(target: Arc<Target>, p: Params, probe: &Probe) -> Outcome {
             let (mut count, mut errors) = (0u64, Errors::default());
             while Instant::now() < w.until {
                 let t0 = Instant::now();
-                match cycle(&target, &mut rng, &framed, mask).await {
+                let done = if target.tls.is_some() {
+                    cycle::<TlsStream<TcpStream>>(&target, &mut rng, &framed, mask).await
+                } else {
+                    cycle::<TcpStream>(&target, &mut rng, &framed, mask).await
+                };
+                match done {
                     Ok(()) => {
                         let t1 = Instant::now();
                         if w.measuring(t1) {
@@ -94,8 +102,13 @@ pub async fn run(target: Arc<Target>, p: Params, probe: &Probe) -> Outcome {
 }
 
 /// One connection's whole life.
-async fn cycle(t: &Target, rng: &mut Rng, framed: &[u8], mask: [u8; 4]) -> Result<(), Failure> {
-    let mut s = ws::connect(t).await?;
+async fn cycle<S: Dial>(
+    t: &Target,
+    rng: &mut Rng,
+    framed: &[u8],
+    mask: [u8; 4],
+) -> Result<(), Failure> {
+    let mut s = S::dial(t).await?;
     let mut rbuf = RecvBuf::with_capacity(1024);
     ws::upgrade(&mut s, &mut rbuf, t, rng).await?;
     ws::echo_once(&mut s, &mut rbuf, framed, MESSAGE, mask, t.step).await?;

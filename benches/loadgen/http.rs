@@ -1,17 +1,18 @@
 //! The `http` mode: keep-alive `GET`s, one in flight per connection, each response
-//! checked for status 200 and the expected body length.
+//! checked for status 200 and the expected body length; over TLS too (https).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, sleep_until, timeout};
+use tokio_rustls::client::TlsStream;
 
 use crate::frame::RecvBuf;
 use crate::probe::{Probe, Usage};
-use crate::stats::{Errors, Failure, Latencies, Window};
-use crate::ws::{self, Target};
+use crate::stats::{Errors, Failure, Latencies, Recorder, Window};
+use crate::ws::{Dial, Target};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Params {
@@ -50,50 +51,12 @@ pub async fn run(target: Arc<Target>, p: Params, probe: &Probe) -> Outcome {
     let mut tasks = Vec::with_capacity(p.connections);
     for _ in 0..p.connections {
         let (target, request) = (target.clone(), request.clone());
-        let mut rec = latency.recorder();
-        tasks.push(tokio::spawn(async move {
-            let (mut count, mut reconnects, mut errors) = (0u64, 0u64, Errors::default());
-            let mut conn: Option<TcpStream> = None;
-            let mut rbuf = RecvBuf::with_capacity(16 * 1024);
-            while Instant::now() < w.until {
-                let s = match conn.as_mut() {
-                    Some(s) => s,
-                    None => match ws::connect(&target).await {
-                        Ok(s) => conn.insert(s),
-                        Err(f) => {
-                            errors.add(&f);
-                            sleep(Duration::from_millis(1)).await;
-                            continue;
-                        }
-                    },
-                };
-                let t0 = Instant::now();
-                match timeout(target.step, exchange(s, &mut rbuf, &request, p.body_len)).await {
-                    Ok(Ok(keep_alive)) => {
-                        let t1 = Instant::now();
-                        if w.measuring(t1) {
-                            count += 1;
-                            rec.record(t1 - t0);
-                        }
-                        if !keep_alive {
-                            conn = None;
-                            reconnects += 1;
-                        }
-                    }
-                    Ok(Err(f)) => {
-                        errors.add(&f);
-                        conn = None;
-                        rbuf = RecvBuf::with_capacity(16 * 1024);
-                    }
-                    Err(_) => {
-                        errors.add(&Failure::new("timeout", "no response in time"));
-                        conn = None;
-                        rbuf = RecvBuf::with_capacity(16 * 1024);
-                    }
-                }
-            }
-            (count, reconnects, errors)
-        }));
+        let rec = latency.recorder();
+        tasks.push(if target.tls.is_some() {
+            tokio::spawn(worker::<TlsStream<TcpStream>>(target, request, p, w, rec))
+        } else {
+            tokio::spawn(worker::<TcpStream>(target, request, p, w, rec))
+        });
     }
 
     sleep_until(w.measure_from.into()).await;
@@ -122,9 +85,62 @@ pub async fn run(target: Arc<Target>, p: Params, probe: &Probe) -> Outcome {
     out
 }
 
+/// One connection's requests, in turn, until the end of the run; a new connection
+/// when the server closes one. Returns the responses counted, the reconnections,
+/// and the errors.
+async fn worker<S: Dial>(
+    target: Arc<Target>,
+    request: Arc<[u8]>,
+    p: Params,
+    w: Window,
+    mut rec: Recorder,
+) -> (u64, u64, Errors) {
+    let (mut count, mut reconnects, mut errors) = (0u64, 0u64, Errors::default());
+    let mut conn: Option<S> = None;
+    let mut rbuf = RecvBuf::with_capacity(16 * 1024);
+    while Instant::now() < w.until {
+        let s = match conn.as_mut() {
+            Some(s) => s,
+            None => match S::dial(&target).await {
+                Ok(s) => conn.insert(s),
+                Err(f) => {
+                    errors.add(&f);
+                    sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+            },
+        };
+        let t0 = Instant::now();
+        match timeout(target.step, exchange(s, &mut rbuf, &request, p.body_len)).await {
+            Ok(Ok(keep_alive)) => {
+                let t1 = Instant::now();
+                if w.measuring(t1) {
+                    count += 1;
+                    rec.record(t1 - t0);
+                }
+                if !keep_alive {
+                    conn = None;
+                    reconnects += 1;
+                }
+            }
+            Ok(Err(f)) => {
+                errors.add(&f);
+                conn = None;
+                rbuf = RecvBuf::with_capacity(16 * 1024);
+            }
+            Err(_) => {
+                errors.add(&Failure::new("timeout", "no response in time"));
+                conn = None;
+                rbuf = RecvBuf::with_capacity(16 * 1024);
+            }
+        }
+    }
+    (count, reconnects, errors)
+}
+
 /// One request and its response; returns whether the connection stays open.
-async fn exchange(
-    s: &mut TcpStream,
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
     rbuf: &mut RecvBuf,
     request: &[u8],
     body_len: Option<usize>,

@@ -1,16 +1,18 @@
 //! The `idle` mode: open many tunnels, hold them while the proxy's memory is read,
 //! then prove each one still works with one echo before closing it.
 //!
-//! The proxy's resident memory is read before the first connection and again once
-//! every tunnel is open and the proxy has settled; the difference divided by the
-//! tunnels open is its cost per idle tunnel.
+//! The proxy's resident memory is read before the first connection, then twice
+//! with every tunnel open: shortly after the last one opened, while the surge of
+//! handshakes may still be held (buffers not yet freed, a collector not yet run), and
+//! again once the proxy has settled. Each difference from the first reading divided
+//! by the tunnels open is a cost per idle tunnel.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::time::sleep;
+use tokio::time::{sleep, sleep_until};
 
 use crate::frame::{self, RecvBuf};
 use crate::probe::Probe;
@@ -33,7 +35,10 @@ pub struct Params {
     pub connections: usize,
     /// Handshakes in progress at once while opening.
     pub open_concurrency: usize,
-    /// Time for the proxy to settle before its memory is read.
+    /// When the memory is read right after the surge, from the last tunnel opened.
+    pub surge: Duration,
+    /// When it is read again, settled, from the last tunnel opened (not before the
+    /// surge reading).
     pub settle: Duration,
     pub hold: Hold,
 }
@@ -45,6 +50,9 @@ pub struct Outcome {
     pub open_time: Duration,
     pub errors: Errors,
     pub rss_before_kib: Option<u64>,
+    /// Read `surge` after the last tunnel opened.
+    pub rss_surge_kib: Option<u64>,
+    /// Read `settle` after it.
     pub rss_after_kib: Option<u64>,
 }
 
@@ -91,14 +99,18 @@ pub async fn run(target: Arc<Target>, p: Params, probe: &Probe) -> Outcome {
     while let Some(ok) = opened_rx.recv().await {
         opened += usize::from(ok);
     }
-    let open_time = started.elapsed();
+    // The last tunnel has just opened: both readings count from here.
+    let opened_at = Instant::now();
+    let open_time = opened_at - started;
     println!("READY {opened}");
     eprintln!(
         "{opened} of {} tunnels open in {:.2} s",
         p.connections,
         open_time.as_secs_f64()
     );
-    sleep(p.settle).await;
+    sleep_until((opened_at + p.surge).into()).await;
+    let rss_surge_kib = probe.rss_kib();
+    sleep_until((opened_at + p.settle.max(p.surge)).into()).await;
     let rss_after_kib = probe.rss_kib();
     hold(&p.hold).await;
     let _ = go_tx.send(true);
@@ -109,6 +121,7 @@ pub async fn run(target: Arc<Target>, p: Params, probe: &Probe) -> Outcome {
         open_time,
         errors: Errors::default(),
         rss_before_kib,
+        rss_surge_kib,
         rss_after_kib,
     };
     for t in tasks {

@@ -3,10 +3,17 @@
 //! percentiles, errors, and the proxy's own CPU time and memory, as one JSON line
 //! per run plus a short human summary on stderr.
 //!
-//! Modes: `throughput`, `pingpong`, `handshakes`, `idle`, `http`, `h2load` (HTTP/2
+//! Modes: `throughput`, `pingpong`, `handshakes`, `idle`, `http` (the first three and
+//! the last also over TLS, with `--tls-cert`: wss:// and https://), `h2load` (HTTP/2
 //! over TLS, made by nghttp2's h2load with this program measuring around it) and
 //! `grpc` (gRPC unary calls the same way, checked against the backend's counts); and
 //! two helpers for the driver script: `report` (the markdown table) and `free-ports`.
+//!
+//! # Layout
+//! `ws` connects (plain, or TLS through `tls`) and speaks the WebSocket handshake and
+//! single frames; `echo` (with `wss` for TLS), `handshakes`, `idle`, `http` and
+//! `h2load` are the modes; `probe` reads the proxy from /proc; `stats` counts;
+//! `record` turns an outcome into its result line; `report` makes the table.
 
 #[path = "../common/frame.rs"]
 mod frame;
@@ -17,9 +24,12 @@ mod handshakes;
 mod http;
 mod idle;
 mod probe;
+mod record;
 mod report;
 mod stats;
+mod tls;
 mod ws;
+mod wss;
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -31,8 +41,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
-use crate::probe::{Probe, Usage};
-use crate::stats::round;
+use crate::probe::Probe;
 use crate::ws::Target;
 
 /// The sluice benchmark client (loopback only).
@@ -51,6 +60,8 @@ enum Command {
         run: RunArgs,
         #[command(flatten)]
         timing: Timing,
+        #[command(flatten)]
+        tls: TlsArgs,
         #[arg(long, default_value_t = 100)]
         connections: usize,
         /// Messages in flight per connection.
@@ -75,6 +86,8 @@ enum Command {
         run: RunArgs,
         #[command(flatten)]
         timing: Timing,
+        #[command(flatten)]
+        tls: TlsArgs,
         #[arg(long, default_value_t = 50)]
         concurrency: usize,
     },
@@ -87,7 +100,12 @@ enum Command {
         /// Handshakes in progress at once while opening.
         #[arg(long, default_value_t = 200)]
         open_concurrency: usize,
-        /// Milliseconds to wait after the last tunnel opened before reading memory.
+        /// Milliseconds after the last tunnel opened to read memory the first time,
+        /// while what the surge of handshakes took may still be held.
+        #[arg(long, default_value_t = 0)]
+        surge_ms: u64,
+        /// Milliseconds after the last tunnel opened to read it again, settled (not
+        /// before the first reading).
         #[arg(long, default_value_t = 1000)]
         settle_ms: u64,
         /// After READY, wait for a line on stdin before checking and closing.
@@ -103,6 +121,8 @@ enum Command {
         run: RunArgs,
         #[command(flatten)]
         timing: Timing,
+        #[command(flatten)]
+        tls: TlsArgs,
         #[arg(long, default_value_t = 50)]
         connections: usize,
         /// The body length every response must have.
@@ -226,6 +246,34 @@ struct H2Args {
     group: String,
 }
 
+/// TLS, for the modes that can speak it.
+#[derive(Args)]
+struct TlsArgs {
+    /// Speak TLS 1.3 (wss://, https://) with no resumption, trusting exactly the
+    /// certificate in this PEM file, and offering ALPN http/1.1 alone.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// With --tls-cert: the one cipher suite offered, so every server negotiates it.
+    #[arg(long, default_value = "TLS_AES_128_GCM_SHA256")]
+    cipher: String,
+    /// With --tls-cert: the one key-exchange group offered.
+    #[arg(long, default_value = "X25519")]
+    group: String,
+}
+
+impl TlsArgs {
+    fn client(&self) -> Result<Option<Arc<tls::Client>>, String> {
+        let Some(cert) = &self.tls_cert else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(tls::Client::new(
+            cert,
+            &self.cipher,
+            &self.group,
+        )?)))
+    }
+}
+
 #[derive(Args)]
 struct Timing {
     /// Measured seconds.
@@ -307,10 +355,11 @@ enum Mode {
 }
 
 fn prepare(c: Command) -> Result<Job, String> {
-    let (run, mode) = match c {
+    let (run, tls, mode) = match c {
         Command::Throughput {
             run,
             timing,
+            tls,
             connections,
             window,
             size,
@@ -327,7 +376,7 @@ fn prepare(c: Command) -> Result<Job, String> {
                     "window × size must stay within {MAX_WINDOW_BYTES} bytes"
                 ));
             }
-            (run, Mode::Echo("throughput", p))
+            (run, tls.client()?, Mode::Echo("throughput", p))
         }
         Command::Pingpong { run, timing, size } => {
             let p = echo::Params {
@@ -337,11 +386,12 @@ fn prepare(c: Command) -> Result<Job, String> {
                 warmup: seconds("warmup", timing.warmup, 0.0)?,
                 duration: seconds("duration", timing.duration, 0.1)?,
             };
-            (run, Mode::Echo("pingpong", p))
+            (run, None, Mode::Echo("pingpong", p))
         }
         Command::Handshakes {
             run,
             timing,
+            tls,
             concurrency,
         } => {
             let p = handshakes::Params {
@@ -349,12 +399,13 @@ fn prepare(c: Command) -> Result<Job, String> {
                 warmup: seconds("warmup", timing.warmup, 0.0)?,
                 duration: seconds("duration", timing.duration, 0.1)?,
             };
-            (run, Mode::Handshakes(p))
+            (run, tls.client()?, Mode::Handshakes(p))
         }
         Command::Idle {
             run,
             connections,
             open_concurrency,
+            surge_ms,
             settle_ms,
             hold_stdin,
             hold_file,
@@ -367,14 +418,16 @@ fn prepare(c: Command) -> Result<Job, String> {
             let p = idle::Params {
                 connections: bounded("connections", connections, 1, MAX_CONNECTIONS)?,
                 open_concurrency: bounded("open-concurrency", open_concurrency, 1, 10_000)?,
+                surge: Duration::from_millis(surge_ms.min(600_000)),
                 settle: Duration::from_millis(settle_ms.min(600_000)),
                 hold,
             };
-            (run, Mode::Idle(p))
+            (run, None, Mode::Idle(p))
         }
         Command::Http {
             run,
             timing,
+            tls,
             connections,
             body_len,
         } => {
@@ -384,9 +437,11 @@ fn prepare(c: Command) -> Result<Job, String> {
                 duration: seconds("duration", timing.duration, 0.1)?,
                 body_len,
             };
-            (run, Mode::Http(p))
+            (run, tls.client()?, Mode::Http(p))
         }
-        Command::H2load { run, timing, h2 } => (run, Mode::H2load(h2load_params(h2, &timing)?)),
+        Command::H2load { run, timing, h2 } => {
+            (run, None, Mode::H2load(h2load_params(h2, &timing)?))
+        }
         Command::Grpc {
             run,
             timing,
@@ -399,7 +454,7 @@ fn prepare(c: Command) -> Result<Job, String> {
                 message_len: bounded("message-len", message_len, 0, MAX_SIZE)?,
                 counts: loopback(&backend_counts)?,
             });
-            (run, Mode::H2load(p))
+            (run, None, Mode::H2load(p))
         }
         Command::Report { .. } | Command::FreePorts { .. } => {
             return Err("not a load mode".to_owned());
@@ -417,6 +472,7 @@ fn prepare(c: Command) -> Result<Job, String> {
         host: run.target.clone(),
         path: run.path,
         step: seconds("step-timeout", run.step_timeout, 0.01)?,
+        tls,
     };
     Ok(Job {
         mode,
@@ -535,280 +591,27 @@ fn run(job: Job) -> ExitCode {
 }
 
 /// Runs the job; returns its JSON record, summary lines, and whether it was clean.
-async fn execute(job: &Job) -> (Value, Vec<String>, bool) {
+async fn execute(job: &Job) -> record::Record {
     let t = job.target.clone();
+    // Over TLS, what the run's handshakes settled on (empty when none completed),
+    // read once the run is over.
+    let tls = || t.tls.as_ref().map(|c| c.negotiated().unwrap_or_default());
     match &job.mode {
         Mode::Echo(mode, p) => {
-            let o = echo::run(t, *p, &job.probe).await;
-            let secs = o.measured.as_secs_f64();
-            let rate = o.messages as f64 / secs;
-            let mb = o.payload_bytes as f64 / secs / 1e6;
-            let lat = o.latency.summary();
-            let title = if *mode == "pingpong" {
-                format!("ping-pong {}", size_name(p.size))
-            } else {
-                format!(
-                    "{} × {} conns × window {}",
-                    size_name(p.size),
-                    p.connections,
-                    p.window
-                )
-            };
-            let mut r = json!({
-                "mode": mode,
-                "title": title,
-                "params": {
-                    "connections": p.connections, "window": p.window, "size": p.size,
-                    "warmup_s": p.warmup.as_secs_f64(), "duration_s": p.duration.as_secs_f64(),
-                },
-                "connected": o.connected,
-                "measured_s": secs,
-                "messages": o.messages,
-                "rate": round(rate, 1),
-                "payload_mb_s": round(mb, 2),
-                "latency_us": lat.to_json(),
-                "errors": o.errors.to_json(),
-                "errors_total": o.errors.total(),
-            });
-            add_usage(&mut r, &o.usage, o.messages);
-            let mut s = vec![
-                format!(
-                    "{} of {} connections, {:.0} msg/s, {mb:.1} MB/s payload",
-                    o.connected, p.connections, rate
-                ),
-                format!(
-                    "latency µs: p50 {:.1}, p99 {:.1}, p99.9 {:.1}, max {:.1}",
-                    lat.p50, lat.p99, lat.p999, lat.max
-                ),
-            ];
-            s.extend(usage_lines(&o.usage, o.messages, "msg"));
-            s.extend(o.errors.describe());
-            let ok = o.errors.total() == 0 && o.connected == p.connections;
-            (r, s, ok)
+            let o = echo::run(t.clone(), *p, &job.probe).await;
+            record::echo(mode, p, &o, tls().as_ref())
         }
         Mode::Handshakes(p) => {
-            let o = handshakes::run(t, *p, &job.probe).await;
-            let secs = o.measured.as_secs_f64();
-            let rate = o.handshakes as f64 / secs;
-            let lat = o.latency.summary();
-            let mut r = json!({
-                "mode": "handshakes",
-                "title": format!("handshakes, concurrency {}", p.concurrency),
-                "params": {
-                    "concurrency": p.concurrency,
-                    "warmup_s": p.warmup.as_secs_f64(), "duration_s": p.duration.as_secs_f64(),
-                },
-                "measured_s": secs,
-                "handshakes": o.handshakes,
-                "rate": round(rate, 1),
-                "latency_us": lat.to_json(),
-                "errors": o.errors.to_json(),
-                "errors_total": o.errors.total(),
-            });
-            add_usage(&mut r, &o.usage, o.handshakes);
-            let mut s = vec![
-                format!("{rate:.0} handshakes/s (connect, upgrade, echo, close)"),
-                format!(
-                    "latency µs: p50 {:.1}, p99 {:.1}, p99.9 {:.1}",
-                    lat.p50, lat.p99, lat.p999
-                ),
-            ];
-            s.extend(usage_lines(&o.usage, o.handshakes, "handshake"));
-            s.extend(o.errors.describe());
-            (r, s, o.errors.total() == 0)
+            let o = handshakes::run(t.clone(), *p, &job.probe).await;
+            record::handshakes(p, &o, tls().as_ref())
         }
-        Mode::Idle(p) => {
-            let o = idle::run(t, p.clone(), &job.probe).await;
-            let per = match (o.rss_before_kib, o.rss_after_kib) {
-                (Some(b), Some(a)) if o.opened > 0 => Some((a as f64 - b as f64) / o.opened as f64),
-                _ => None,
-            };
-            let r = json!({
-                "mode": "idle",
-                "title": format!("{} idle tunnels", p.connections),
-                "params": { "connections": p.connections, "settle_ms": p.settle.as_millis() as u64 },
-                "opened": o.opened,
-                "verified": o.verified,
-                "open_s": round(o.open_time.as_secs_f64(), 3),
-                "rss_before_kib": o.rss_before_kib,
-                "rss_after_kib": o.rss_after_kib,
-                "kib_per_tunnel": per.map(|x| round(x, 2)),
-                "errors": o.errors.to_json(),
-                "errors_total": o.errors.total(),
-            });
-            let mut s = vec![format!(
-                "{} opened, {} checked with an echo and closed",
-                o.opened, o.verified
-            )];
-            if let (Some(b), Some(a), Some(per)) = (o.rss_before_kib, o.rss_after_kib, per) {
-                s.push(format!(
-                    "proxy RSS {b} KiB before, {a} KiB with the tunnels open: {per:.2} KiB per tunnel"
-                ));
-            }
-            s.extend(o.errors.describe());
-            let ok = o.errors.total() == 0 && o.verified == p.connections;
-            (r, s, ok)
-        }
+        Mode::Idle(p) => record::idle(p, &idle::run(t.clone(), p.clone(), &job.probe).await),
         Mode::Http(p) => {
-            let o = http::run(t, *p, &job.probe).await;
-            let secs = o.measured.as_secs_f64();
-            let rate = o.requests as f64 / secs;
-            let lat = o.latency.summary();
-            let mut r = json!({
-                "mode": "http",
-                "title": format!("HTTP GET keep-alive, {} conns", p.connections),
-                "params": {
-                    "connections": p.connections, "body_len": p.body_len,
-                    "warmup_s": p.warmup.as_secs_f64(), "duration_s": p.duration.as_secs_f64(),
-                },
-                "measured_s": secs,
-                "requests": o.requests,
-                "reconnects": o.reconnects,
-                "rate": round(rate, 1),
-                "latency_us": lat.to_json(),
-                "errors": o.errors.to_json(),
-                "errors_total": o.errors.total(),
-            });
-            add_usage(&mut r, &o.usage, o.requests);
-            let mut s = vec![
-                format!(
-                    "{rate:.0} req/s, {} reconnects (server closed keep-alive)",
-                    o.reconnects
-                ),
-                format!(
-                    "latency µs: p50 {:.1}, p99 {:.1}, p99.9 {:.1}",
-                    lat.p50, lat.p99, lat.p999
-                ),
-            ];
-            s.extend(usage_lines(&o.usage, o.requests, "req"));
-            s.extend(o.errors.describe());
-            (r, s, o.errors.total() == 0)
+            let o = http::run(t.clone(), *p, &job.probe).await;
+            record::http(p, &o, tls().as_ref())
         }
-        Mode::H2load(p) => {
-            let o = h2load::run(&t, p, &job.probe).await;
-            let secs = o.measured.map(|d| d.as_secs_f64());
-            // No figure rather than zero when nothing succeeded: the cell says "—".
-            let rate = secs
-                .filter(|&s| s > 0.0 && o.succeeded > 0)
-                .map(|s| o.succeeded as f64 / s);
-            let n = &o.negotiated;
-            let (mode, what) = match p.grpc {
-                Some(_) => ("grpc", "gRPC unary"),
-                None => ("h2load", "HTTP/2 GET"),
-            };
-            let mut r = json!({
-                "mode": mode,
-                "title": format!(
-                    "{what} over TLS, {} conns × {} streams",
-                    p.connections, p.streams
-                ),
-                "params": {
-                    "connections": p.connections, "streams": p.streams,
-                    "cipher": p.cipher, "group": p.group,
-                    "message_len": p.grpc.as_ref().map(|g| g.message_len),
-                    "warmup_s": p.warmup.as_secs_f64(), "duration_s": p.duration.as_secs_f64(),
-                },
-                "backend_calls": o.backend.map(|b| json!({
-                    "ok": b.ok, "refused": b.refused, "connections": b.connections,
-                })),
-                "command": o.command,
-                "measured_s": secs,
-                "requests": o.succeeded,
-                "rate": rate.map(|x| round(x, 1)),
-                "tls": {
-                    "protocol": n.protocol, "cipher": n.cipher,
-                    "temp_key": n.temp_key, "alpn": n.alpn,
-                },
-                "latency_us": {
-                    "mean": o.mean_us.map(|x| round(x, 1)),
-                    "max": o.max_us.map(|x| round(x, 1)),
-                },
-                "errors": o.errors.to_json(),
-                "errors_total": o.errors.total(),
-                "first_error": o.errors.describe().first(),
-            });
-            add_usage(&mut r, &o.usage, o.succeeded);
-            let show = |v: &Option<String>| v.as_deref().unwrap_or("?").to_owned();
-            let mut s = vec![
-                format!(
-                    "{} req/s, {} conns × {} streams; {} over {}, {}, key exchange {}",
-                    rate.map_or("no".to_owned(), |r| format!("{r:.0}")),
-                    p.connections,
-                    p.streams,
-                    show(&n.alpn),
-                    show(&n.protocol),
-                    show(&n.cipher),
-                    show(&n.temp_key),
-                ),
-                format!(
-                    "request time µs (h2load): mean {}, max {}",
-                    o.mean_us.map_or("?".to_owned(), |x| format!("{x:.0}")),
-                    o.max_us.map_or("?".to_owned(), |x| format!("{x:.0}")),
-                ),
-            ];
-            if let Some(b) = o.backend {
-                s.push(format!(
-                    "backend: {} calls answered with grpc-status 0 over HTTP/2, {} refused, {} connections from the proxy",
-                    b.ok, b.refused, b.connections
-                ));
-            }
-            s.extend(usage_lines(&o.usage, o.succeeded, "req"));
-            s.extend(o.errors.describe());
-            (r, s, o.errors.total() == 0 && rate.is_some())
-        }
+        Mode::H2load(p) => record::h2load(p, &h2load::run(&t, p, &job.probe).await),
     }
-}
-
-/// "64 B", "64 KiB".
-fn size_name(n: usize) -> String {
-    if n >= 1024 && n.is_multiple_of(1024) {
-        format!("{} KiB", n / 1024)
-    } else {
-        format!("{n} B")
-    }
-}
-
-fn add_usage(r: &mut Value, u: &Usage, ops: u64) {
-    r["proxy_cpu_us"] = json!(u.proxy_cpu_us.map(|x| round(x, 0)));
-    r["cpu_us_per_op"] = json!(
-        u.proxy_cpu_us
-            .filter(|_| ops > 0)
-            .map(|x| round(x / ops as f64, 3))
-    );
-    r["proxy_core_busy"] = json!(u.proxy_core_busy.map(|x| round(x, 3)));
-    r["client_core_busy"] = json!(u.client_core_busy.map(|x| round(x, 3)));
-    r["others_cores"] = json!(u.others_cores.map(|x| round(x, 3)));
-    r["busiest_other"] = json!(u.busiest_other);
-}
-
-fn usage_lines(u: &Usage, ops: u64, op: &str) -> Vec<String> {
-    let mut s = Vec::new();
-    if let Some(cpu) = u.proxy_cpu_us.filter(|_| ops > 0) {
-        s.push(format!(
-            "proxy CPU {:.2} µs/{op} ({:.2} s in all)",
-            cpu / ops as f64,
-            cpu / 1e6
-        ));
-    }
-    let pct = |x: Option<f64>| x.map_or("?".to_owned(), |b| format!("{:.0}%", b * 100.0));
-    if u.proxy_core_busy.is_some() || u.client_core_busy.is_some() {
-        s.push(format!(
-            "core busy: proxy's {}, client's {}",
-            pct(u.proxy_core_busy),
-            pct(u.client_core_busy)
-        ));
-    }
-    if let Some(x) = u.others_cores {
-        let who = u
-            .busiest_other
-            .as_ref()
-            .map_or(String::new(), |n| format!(", mostly {n}"));
-        s.push(format!(
-            "other processes on the machine: {:.0}% of a core{who}",
-            x * 100.0
-        ));
-    }
-    s
 }
 
 /// Binds `count` listeners on 127.0.0.1 port 0 at once, so the ports differ, prints

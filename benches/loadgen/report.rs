@@ -52,7 +52,8 @@ pub fn render(o: &Options<'_>) -> Result<String, String> {
     // Each round of a run adds one record per scenario and target; a cell is their
     // median, so that one disturbed round does not decide a ratio.
     let mut records: HashMap<(String, String), Vec<Value>> = HashMap::new();
-    let mut scenarios: Vec<(String, String, String)> = Vec::new();
+    // Each scenario's key, title, mode and the first `params` seen.
+    let mut scenarios: Vec<(String, String, String, Value)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -61,18 +62,25 @@ pub fn render(o: &Options<'_>) -> Result<String, String> {
             .map_err(|e| format!("{}:{}: {e}", o.results.display(), i + 1))?;
         let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
         let (scenario, target) = (field("scenario"), field("target"));
-        match scenarios.iter_mut().find(|(s, _, _)| *s == scenario) {
-            None => scenarios.push((scenario.clone(), field("title"), field("mode"))),
-            // A skipped target's record may come first and carry no title.
-            Some((_, title, _)) if title.is_empty() => *title = field("title"),
-            Some(_) => {}
+        let params = v.get("params").cloned().unwrap_or(Value::Null);
+        match scenarios.iter_mut().find(|(s, ..)| *s == scenario) {
+            None => scenarios.push((scenario.clone(), field("title"), field("mode"), params)),
+            // A skipped target's record may come first, with no title or params.
+            Some((_, title, _, first)) => {
+                if title.is_empty() {
+                    *title = field("title");
+                }
+                if first.is_null() {
+                    *first = params;
+                }
+            }
         }
         records.entry((scenario, target)).or_default().push(v);
     }
 
     let rows: Vec<Row> = scenarios
         .iter()
-        .flat_map(|(s, title, mode)| rows_for(s, title, mode))
+        .flat_map(|(s, title, mode, params)| rows_for(s, title, mode, params))
         .collect();
 
     let mut out = String::new();
@@ -159,11 +167,13 @@ pub fn render(o: &Options<'_>) -> Result<String, String> {
     Ok(out)
 }
 
-fn rows_for(scenario: &str, title: &str, mode: &str) -> Vec<Row> {
+fn rows_for(scenario: &str, title: &str, mode: &str, params: &Value) -> Vec<Row> {
     let row = |label: &str, value: fn(&Value) -> Option<f64>, better, decimals, saturating| Row {
         scenario: scenario.to_owned(),
         label: format!(
-            "{title}: {label} {}",
+            // A label that begins with a comma qualifies the title.
+            "{title}{}{label} {}",
+            if label.starts_with(',') { "" } else { ": " },
             if better == Better::Higher {
                 "↑"
             } else {
@@ -217,19 +227,46 @@ fn rows_for(scenario: &str, title: &str, mode: &str) -> Vec<Row> {
             row("req/s", rate, Better::Higher, 0, true),
             row("proxy CPU µs/req", cpu, Better::Lower, 2, false),
         ],
-        "idle" => vec![row(
-            "proxy KiB/tunnel",
-            |r| num(r, &["kib_per_tunnel"]),
-            Better::Lower,
-            2,
-            false,
-        )],
+        "idle" => {
+            let mut rows = vec![row(
+                "proxy KiB/tunnel",
+                |r| num(r, &["kib_per_tunnel"]),
+                Better::Lower,
+                2,
+                false,
+            )];
+            // Results from before the reading after the surge have no such row.
+            if let Some(ms) = num(params, &["surge_ms"]) {
+                let when = if ms > 0.0 {
+                    format!("{} after opening", duration_name(ms))
+                } else {
+                    "as the last opened".to_owned()
+                };
+                rows.push(row(
+                    &format!(", {when}: proxy KiB/tunnel"),
+                    |r| num(r, &["kib_per_tunnel_surge"]),
+                    Better::Lower,
+                    2,
+                    false,
+                ));
+            }
+            rows
+        }
         _ => vec![row("rate", rate, Better::Higher, 0, false)],
     };
     if let Some(r) = rows.first_mut() {
         r.first = true;
     }
     rows
+}
+
+/// "1 s", "1.5 s", "500 ms".
+fn duration_name(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{} s", ms / 1000.0)
+    } else {
+        format!("{ms} ms")
+    }
 }
 
 fn num(v: &Value, path: &[&str]) -> Option<f64> {
@@ -455,6 +492,89 @@ mod tests {
             table.contains("| G: proxy CPU µs/req ↓ | — | 40.00 | 60.00 | 0.67× (vs nginx) |  |"),
             "{table}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn idle_has_a_row_after_the_surge() {
+        let dir = std::env::temp_dir().join(format!("loadgen-idle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r.jsonl");
+        let text = [
+            r#"{"scenario":"idle","title":"2000 idle tunnels","mode":"idle","target":"direct","params":{"surge_ms":0,"settle_ms":1000},"kib_per_tunnel":null,"kib_per_tunnel_surge":null,"errors_total":0}"#,
+            r#"{"scenario":"idle","title":"2000 idle tunnels","mode":"idle","target":"sluice","params":{"surge_ms":0,"settle_ms":1000},"kib_per_tunnel":1.9,"kib_per_tunnel_surge":4.5,"errors_total":0}"#,
+            r#"{"scenario":"idle","title":"2000 idle tunnels","mode":"idle","target":"nginx","params":{"surge_ms":0,"settle_ms":1000},"kib_per_tunnel":3.8,"kib_per_tunnel_surge":3.0,"errors_total":0}"#,
+        ]
+        .join("\n");
+        std::fs::write(&path, text).unwrap();
+        let table = render(&Options {
+            results: &path,
+            targets: vec!["direct".into(), "sluice".into(), "nginx".into()],
+            subject: "sluice".into(),
+            peers: vec!["nginx".into()],
+            busy_threshold: 0.9,
+            noise_threshold: 0.05,
+            notes: vec![],
+        })
+        .unwrap();
+        assert!(
+            table.contains(
+                "| 2000 idle tunnels: proxy KiB/tunnel ↓ | — | 1.90 | 3.80 | 0.50× (vs nginx) |  |"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("| 2000 idle tunnels, as the last opened: proxy KiB/tunnel ↓ | — | 4.50 | 3.00 | 1.50× (vs nginx) |  |"),
+            "{table}"
+        );
+        assert_eq!(duration_name(1000.0), "1 s");
+        assert_eq!(duration_name(1500.0), "1.5 s");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn references_are_never_the_best_peer() {
+        let dir = std::env::temp_dir().join(format!("loadgen-peers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r.jsonl");
+        let line = |t: &str, rate: f64| {
+            format!(
+                r#"{{"scenario":"a","title":"A","mode":"throughput","target":"{t}","rate":{rate},"cpu_us_per_op":{},"proxy_core_busy":0.99,"has_proxy":true,"errors_total":0}}"#,
+                100.0 / rate
+            )
+        };
+        // direct, floor and sluice-opaque beat every proxy, yet only nginx and caddy
+        // are peers.
+        let text = [
+            line("direct", 1000.0),
+            line("floor", 800.0),
+            line("sluice", 200.0),
+            line("sluice-opaque", 400.0),
+            line("nginx", 100.0),
+            line("caddy", 160.0),
+        ]
+        .join("\n");
+        std::fs::write(&path, text).unwrap();
+        let targets = [
+            "direct",
+            "floor",
+            "sluice",
+            "sluice-opaque",
+            "nginx",
+            "caddy",
+        ];
+        let table = render(&Options {
+            results: &path,
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            subject: "sluice".into(),
+            peers: vec!["nginx".into(), "caddy".into()],
+            busy_threshold: 0.9,
+            noise_threshold: 0.05,
+            notes: vec![],
+        })
+        .unwrap();
+        assert!(table.contains("| 1.25× (vs caddy) |"), "{table}");
+        assert!(table.contains("| 0.80× (vs caddy) |"), "{table}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

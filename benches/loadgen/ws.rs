@@ -1,19 +1,25 @@
-//! The client side of a WebSocket connection: connect, the opening handshake, and
-//! the simple (one operation at a time) reads and writes that the handshake, idle
-//! and close paths use. The windowed hot loop lives in `echo.rs`.
+//! The client side of a WebSocket connection: connect (over TLS too, with `tls.rs`),
+//! the opening handshake, and the simple (one operation at a time) reads and writes
+//! that the handshake, idle and close paths use. The windowed hot loop lives in
+//! `echo.rs`.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_rustls::client::TlsStream;
 
 use crate::frame::{self, Header, RecvBuf};
 use crate::stats::Failure;
+use crate::tls;
 
 /// The largest response head accepted from the proxy.
 const MAX_HEAD: usize = 16 * 1024;
@@ -30,6 +36,29 @@ pub struct Target {
     pub path: String,
     /// The limit for each single step (connect, handshake, one echo, close).
     pub step: Duration,
+    /// TLS over each connection (wss://, https://), for the modes that can.
+    pub tls: Option<Arc<tls::Client>>,
+}
+
+/// A stream a mode can open to the target: plain TCP, or TLS over it. The modes
+/// that speak both are generic over it, so the plain path is what it always was.
+pub trait Dial: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
+    fn dial(t: &Target) -> impl Future<Output = Result<Self, Failure>> + Send;
+}
+
+impl Dial for TcpStream {
+    async fn dial(t: &Target) -> Result<Self, Failure> {
+        connect(t).await
+    }
+}
+
+impl Dial for TlsStream<TcpStream> {
+    async fn dial(t: &Target) -> Result<Self, Failure> {
+        let Some(client) = &t.tls else {
+            return Err(Failure::new("tls", "no TLS configuration"));
+        };
+        client.handshake(connect(t).await?, t.step).await
+    }
 }
 
 /// Connects with `TCP_NODELAY`, as every WebSocket client that cares about latency does.
@@ -66,8 +95,8 @@ impl Rng {
 /// Sends the opening handshake with a fresh key and checks the answer: status 101,
 /// `Upgrade: websocket`, `Connection: upgrade` and the `Sec-WebSocket-Accept` for
 /// that key. Bytes after the head (frames the server sent at once) stay in `rbuf`.
-pub async fn upgrade(
-    s: &mut TcpStream,
+pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
     rbuf: &mut RecvBuf,
     t: &Target,
     rng: &mut Rng,
@@ -97,7 +126,7 @@ pub async fn upgrade(
 }
 
 /// Reads until `rbuf` holds a whole response head; returns its length.
-async fn read_head(s: &mut TcpStream, rbuf: &mut RecvBuf) -> Result<usize, Failure> {
+async fn read_head<S: AsyncRead + Unpin>(s: &mut S, rbuf: &mut RecvBuf) -> Result<usize, Failure> {
     let mut searched = 0usize;
     loop {
         let filled = rbuf.filled();
@@ -181,7 +210,10 @@ pub fn accept_for(key: &str) -> String {
 /// Reads until `rbuf` starts with one whole frame and returns its header: the caller
 /// reads the payload at `rbuf.filled()[header_len..frame_len]` and then consumes it.
 /// `Ok(None)` is a clean end of stream before any byte of a frame.
-pub async fn read_frame(s: &mut TcpStream, rbuf: &mut RecvBuf) -> Result<Option<Header>, Failure> {
+pub async fn read_frame<S: AsyncRead + Unpin>(
+    s: &mut S,
+    rbuf: &mut RecvBuf,
+) -> Result<Option<Header>, Failure> {
     loop {
         let want = match frame::parse_header(rbuf.filled(), MAX_FRAME) {
             Err(e) => return Err(Failure::new("protocol", e.to_string())),
@@ -210,8 +242,8 @@ pub async fn read_frame(s: &mut TcpStream, rbuf: &mut RecvBuf) -> Result<Option<
 
 /// Sends one masked message and checks that the next message back is the same bytes.
 /// Pings met on the way are answered; anything else is an error.
-pub async fn echo_once(
-    s: &mut TcpStream,
+pub async fn echo_once<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
     rbuf: &mut RecvBuf,
     framed: &[u8],
     payload: &[u8],
@@ -265,9 +297,10 @@ pub async fn echo_once(
 
 /// The closing handshake as a client does it: send a close frame, read up to the
 /// server's close frame, then wait for the server to end the TCP connection first
-/// (RFC 6455 §7.1.1), which leaves TIME_WAIT on the server's side.
-pub async fn close(
-    s: &mut TcpStream,
+/// (RFC 6455 §7.1.1), which leaves TIME_WAIT on the server's side. Over TLS the
+/// server may end it with or without a close_notify first: both are an end.
+pub async fn close<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
     rbuf: &mut RecvBuf,
     mask: [u8; 4],
     step: Duration,
@@ -297,6 +330,7 @@ pub async fn close(
         let mut b = [0u8; 64];
         match s.read(&mut b).await {
             Ok(0) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(()),
             Ok(_) => Err(Failure::new("close", "bytes after the close frame")),
             Err(e) => Err(Failure::new("close", format!("read: {e}"))),
         }
