@@ -115,13 +115,18 @@ pub async fn serve<I>(
             let proxy = proxy.clone();
             let info = info.clone();
             let stream = ConnInfo::open_stream(&info);
-            async move {
+            // Boxed: hyper spawns each stream's future as a task of its own, and
+            // moving a request's whole journey into it (memmove, 3.4 % of the h2
+            // row's profile) cost more than the allocation. h2load, 50 conns × 10
+            // streams over TLS, three paired runs: 39.0 against 44.2 us of CPU per
+            // request (2026-12-08).
+            Box::pin(async move {
                 let resp = proxy.handle(req, &info).await;
                 Ok::<_, Infallible>(resp.map(|body| StreamBody {
                     body,
                     _stream: stream,
                 }))
-            }
+            })
         })
     };
     let conn = h2.serve_connection(TokioIo::new(io), service);
