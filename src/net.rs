@@ -25,7 +25,9 @@ use crate::config::Tcp;
 /// answer rather than going alone: on a listener (inherited) a request's ACK goes
 /// with its response, and on an upstream socket, set before it connects, the
 /// handshake's last ACK goes with the request (HAProxy's tcp-smart-accept and
-/// tcp-smart-connect).
+/// tcp-smart-connect). Measured: 33.7 TCP segments per WebSocket handshake through
+/// sluice before, 30.0 after (HAProxy 31.8), pure ACKs 7.2 to 4.9 (nstat in a
+/// network namespace of its own, 2026-12-07).
 pub fn set_tcp_options(socket: impl std::os::fd::AsFd, tcp: &Tcp) -> io::Result<()> {
     let sock = socket2::SockRef::from(&socket);
     sock.set_tcp_nodelay(true)?;
