@@ -63,25 +63,24 @@ builtin = "echo"
     );
 }
 
-/// Starts the Python echo server (with TLS given a certificate); returns it and its port.
-async fn python_server(tls: Option<&support::pki::Issued>) -> (tokio::process::Child, u16) {
-    let mut cmd = tokio::process::Command::new("python3");
-    cmd.args([&script("py_peer.py"), "server"]);
+/// Starts the Python echo server (with TLS given a certificate); returns it, its
+/// output lines after the port (it prints "CLOSED code" for each connection that
+/// ends), and its port.
+async fn python_server(tls: Option<&support::pki::Issued>) -> (tokio::process::Child, Lines, u16) {
+    let mut args = vec!["server".to_owned()];
     if let Some(c) = tls {
-        cmd.arg(&c.cert).arg(&c.key);
+        args.push(c.cert.to_string_lossy().into_owned());
+        args.push(c.key.to_string_lossy().into_owned());
     }
-    let mut server = cmd
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let port_line = within("python server port", lines.next_line())
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (server, mut lines) = py_peer(&args);
+    let port = line("python server port", &mut lines)
         .await
+        .strip_prefix("PORT ")
         .unwrap()
+        .parse()
         .unwrap();
-    let port = port_line.strip_prefix("PORT ").unwrap().parse().unwrap();
-    (server, port)
+    (server, lines, port)
 }
 
 async fn python_client(url: &str, ca: Option<&Path>) {
@@ -104,7 +103,7 @@ async fn python_client_and_python_server_through_sluice() {
     if !python_websockets() {
         return;
     }
-    let (_server, port) = python_server(None).await;
+    let (_server, _, port) = python_server(None).await;
     let gw = gateway_for(&[format!("127.0.0.1:{port}").parse().unwrap()], "").await;
     python_client(&gw.url("/interop"), None).await;
 }
@@ -119,8 +118,8 @@ async fn python_wss_client_verifying_a_ca_to_ws_and_wss_backends() {
     let ca = support::pki::Ca::new("interop");
     let front = ca.server("front", &["localhost"]);
     let back = ca.server("back", &["backend.internal"]);
-    let (_plain, plain_port) = python_server(None).await;
-    let (_secure, secure_port) = python_server(Some(&back)).await;
+    let (_plain, _, plain_port) = python_server(None).await;
+    let (_secure, _, secure_port) = python_server(Some(&back)).await;
     let gw = start(&format!(
         r#"
 [[listeners]]
@@ -245,21 +244,7 @@ async fn python_client_and_server_both_get_1001_when_sluice_drains() {
     if !python_websockets() {
         return;
     }
-    let mut server = tokio::process::Command::new("python3")
-        .args([&script("py_peer.py"), "server"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut server_lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let port: u16 = within("python server port", server_lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .strip_prefix("PORT ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (_server, mut server_lines, port) = python_server(None).await;
     let mut sluice = support::process::Sluice::start(&config(
         &[format!("127.0.0.1:{port}").parse().unwrap()],
         "[timeouts]\ndrain = \"3s\"\n",
@@ -340,13 +325,7 @@ async fn python_peers_get_a_close_when_the_other_side_is_killed() {
     if !python_websockets() {
         return;
     }
-    let (mut server, mut server_lines) = py_peer(&["server"]);
-    let port: u16 = line("python server port", &mut server_lines)
-        .await
-        .strip_prefix("PORT ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (mut server, mut server_lines, port) = python_server(None).await;
     let gw = start(&config(&[format!("127.0.0.1:{port}").parse().unwrap()], "")).await;
     let url = format!("ws://{}/killed", gw.addr);
 
@@ -375,13 +354,7 @@ async fn chromium_sees_clean_closes_1011_when_its_upstream_is_killed() {
     {
         return;
     }
-    let (mut server, mut server_lines) = py_peer(&["server"]);
-    let port: u16 = line("python server port", &mut server_lines)
-        .await
-        .strip_prefix("PORT ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (mut server, _, port) = python_server(None).await;
     let gw = start(&format!(
         r#"
 [[listeners]]
