@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
 use http::header::{HOST, HeaderMap};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -265,16 +266,32 @@ impl Upstream {
     ///
     /// `timeout` bounds the wait for the response head (`upstream_response`, or a
     /// gRPC deadline that comes sooner).
-    pub async fn send(
+    ///
+    /// Not an `async fn`: one would hold the request twice and the larger of the two
+    /// protocols' states besides, in every request's future (2.2 KB where either
+    /// protocol's alone is under 1.4).
+    pub fn send<'a>(
+        &'a self,
+        req: Request<RequestBody>,
+        plan: &'a [usize],
+        timeout: Duration,
+        proxied_for: ProxiedFor,
+    ) -> impl Future<Output = Result<Answer, ProxyError>> + Send + 'a {
+        if self.protocol == UpstreamProtocol::H2 {
+            Either::Left(self.send_h2(req, plan, timeout))
+        } else {
+            Either::Right(self.send_h1(req, plan, timeout, proxied_for))
+        }
+    }
+
+    /// [`send`](Self::send) over HTTP/1.1.
+    async fn send_h1(
         &self,
         mut req: Request<RequestBody>,
         plan: &[usize],
         timeout: Duration,
         proxied_for: ProxiedFor,
     ) -> Result<Answer, ProxyError> {
-        if self.protocol == UpstreamProtocol::H2 {
-            return self.send_h2(req, plan, timeout).await;
-        }
         let mut last = None;
         let mut full = 0;
         for &i in plan {
@@ -290,7 +307,10 @@ impl Upstream {
                 let idle = if private { None } else { server.take_idle() };
                 let (mut conn, reused) = match idle {
                     Some(s) => (s, true),
-                    None => match self.open_pooled(server, Some(proxied_for)).await {
+                    // Boxed: opening is the rare path under keep-alive, and its state
+                    // (1.8 KB, the TLS connect's) made every request's future that
+                    // much larger to create and move.
+                    None => match Box::pin(self.open_pooled(server, Some(proxied_for))).await {
                         Ok(s) => (s, false),
                         Err(e) => {
                             tracing::warn!(upstream = %self.name, server = %server.name, error = %e, "upstream connect failed");

@@ -228,7 +228,8 @@ impl Upstream {
                     if let Some((c, slot)) = server.h2.take(false) {
                         (c.sender, slot, false)
                     } else {
-                        match self.open_h2(server).await {
+                        // Boxed, as in `send`: opening is rare, its state large.
+                        match Box::pin(self.open_h2(server)).await {
                             Ok(c) => {
                                 fresh_tries += 1;
                                 let slot = server.h2.add(&c);
