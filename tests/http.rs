@@ -396,3 +396,46 @@ async fn head_requests_and_empty_responses_keep_the_connection_usable() {
     assert_eq!(status, 200);
     assert_eq!(&body[..], b"0123456789");
 }
+
+/// A pooled connection the server closed while it sat idle is never used for the
+/// next request: that goes on a new connection, and the client sees no error.
+#[tokio::test]
+async fn a_pooled_connection_the_server_closed_while_idle_is_not_used() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The server answers one request per connection, keep-alive in its answer, then
+    // closes it and says so.
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut n = 0;
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            n += 1;
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let got = s.read(&mut buf).await.unwrap();
+                assert!(got > 0, "sluice closed before its request");
+                head.extend_from_slice(&buf[..got]);
+            }
+            let body = format!("conn {n}");
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(answer.as_bytes()).await.unwrap();
+            s.shutdown().await.unwrap();
+            drop(s);
+            closed_tx.send(n).unwrap();
+        }
+    });
+    let gw = gateway_for(&[addr], "").await;
+    let mut c = HttpClient::connect(gw.addr).await;
+    for n in 1..=3 {
+        let (status, _, body) = c.get("/again").await;
+        assert_eq!(status, 200);
+        assert_eq!(&body[..], format!("conn {n}").as_bytes());
+        // Closed by the server, and its FIN sent, before the next request.
+        assert_eq!(closed.recv().await, Some(n));
+    }
+}
