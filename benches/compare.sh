@@ -7,7 +7,8 @@
 #   benches/compare.sh --quick    shorter run, fewer idle tunnels (under 3 minutes)
 #
 # Options: --targets "direct floor sluice nginx haproxy caddy" (a subset, in order;
-#          also sluice-opaque, sluice with WebSocket frame tracking off),
+#          also sluice-opaque, sluice with WebSocket frame tracking off, and
+#          sluice-uring, the same with its io_uring tunnel transfer on),
 #          --scenarios "idle ws64-w8 ws64-w128 ws64k-w4 pingpong handshakes http
 #          wss-handshakes wss64-w8 wss64k-w4 https h2 grpc" (a subset; table order
 #          stays), --rounds N (rounds of the rate scenarios; 3 in a full run, 1
@@ -36,7 +37,7 @@
 set -uo pipefail
 
 usage() {
-    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 QUICK=0
@@ -87,9 +88,9 @@ done
 }
 for t in $TARGETS; do
     case "$t" in
-    direct | floor | sluice | sluice-opaque | nginx | haproxy | caddy) ;;
+    direct | floor | sluice | sluice-opaque | sluice-uring | nginx | haproxy | caddy) ;;
     *)
-        echo "compare.sh: unknown target: $t (known: direct floor sluice sluice-opaque nginx haproxy caddy)" >&2
+        echo "compare.sh: unknown target: $t (known: direct floor sluice sluice-opaque sluice-uring nginx haproxy caddy)" >&2
         exit 2
         ;;
     esac
@@ -423,8 +424,17 @@ start_sluice-opaque() {
     start_sluice sluice-opaque SLUICE_WS_FRAMES=0
 }
 
+# sluice-uring is sluice-opaque with the io_uring tunnel transfer on (issue #14): a
+# reference column like sluice-opaque, to see whether the experiment pays.
+start_sluice-uring() {
+    start_sluice sluice-uring SLUICE_WS_FRAMES=0 SLUICE_IO_URING=1
+}
+
+# start_sluice [NAME [VAR=VALUE...]]: sluice with the environment given.
 start_sluice() {
-    local name=${1:-sluice} frames=${2:-SLUICE_WS_FRAMES=1}
+    local name=${1:-sluice}
+    local envs=("${@:2}")
+    ((${#envs[@]})) || envs=(SLUICE_WS_FRAMES=1)
     local d listener="listen = \"127.0.0.1:$PROXY_PORT\"" upstream="servers = [\"127.0.0.1:$BACKEND_PORT\"]"
     d=$(work_dir "$name")
     mkdir -p "$d"
@@ -463,7 +473,7 @@ upstream = "b"
 $upstream
 keepalive = $(upstream_idle)
 EOF
-    start_bg "$d/sluice.log" "${PROXY_PIN[@]}" env "$frames" "$SLUICE" -c "$d/sluice.toml"
+    start_bg "$d/sluice.log" "${PROXY_PIN[@]}" env "${envs[@]}" "$SLUICE" -c "$d/sluice.toml"
     PROXY_MAIN=$LAST_PID
     PROXY_PID=$LAST_PID
     wait_port "$PROXY_PORT" "$PROXY_PID"
@@ -673,7 +683,7 @@ start_direct() {
 
 proxy_log() {
     case "$1" in
-    sluice | sluice-opaque) echo "$(work_dir "$1")/sluice.log" ;;
+    sluice | sluice-opaque | sluice-uring) echo "$(work_dir "$1")/sluice.log" ;;
     nginx) echo "$(work_dir nginx)/error.log" ;;
     haproxy) echo "$(work_dir haproxy)/haproxy.log" ;;
     caddy) echo "$(work_dir caddy)/caddy.log" ;;
@@ -686,6 +696,7 @@ version_of() {
     case "$1" in
     sluice) echo "sluice $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')" ;;
     sluice-opaque) echo "sluice $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'), SLUICE_WS_FRAMES=0" ;;
+    sluice-uring) echo "sluice $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'), SLUICE_WS_FRAMES=0 SLUICE_IO_URING=1" ;;
     nginx) nginx -v 2>&1 | sed 's/^nginx version: //' ;;
     haproxy) haproxy -v 2>/dev/null | head -n1 | awk '{print "HAProxy " $3}' ;;
     caddy) echo "Caddy $(caddy version 2>/dev/null | awk '{print $1}')" ;;
@@ -1091,7 +1102,7 @@ fi
 read -r -a COLUMNS <<<"$TARGETS"
 say "results"
 # The best peer of the ratio column is one of the other proxies, never the direct,
-# floor or sluice-opaque columns, which are references, not peers.
+# floor, sluice-opaque or sluice-uring columns, which are references, not peers.
 "$LOADGEN" report --results "$RESULTS" --peers nginx,haproxy,caddy --targets "$(
     IFS=,
     echo "${COLUMNS[*]}"

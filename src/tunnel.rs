@@ -12,7 +12,7 @@
 //! [`splice`] moves them through a borrowed pipe without copying them through user
 //! space; otherwise [`copy`] reads into a per-thread scratch buffer. Either way an
 //! idle tunnel holds no buffer and no pipe: its memory is its two sockets and this
-//! state.
+//! state. [`uring`] is an experiment behind `SLUICE_IO_URING=1`, for opaque tunnels.
 //!
 //! Both transfers can track WebSocket frames ([`ws`]): then a tunnel that sluice ends
 //! itself (drain, a removed server, the lifetime limit, a peer breaking the framing
@@ -29,6 +29,8 @@ pub mod frames;
 mod leg;
 #[cfg(target_os = "linux")]
 pub mod splice;
+#[cfg(target_os = "linux")]
+pub mod uring;
 pub mod ws;
 
 use std::future::Future;
@@ -156,6 +158,11 @@ pub fn run_upgraded(
     let ws = ws.filter(|_| counters.ws.is_some());
     let tracks = ws.map(|w| w.tracks());
     let transfer = match (client, upstream) {
+        // The io_uring experiment, for opaque tunnels only (see its module docs).
+        #[cfg(target_os = "linux")]
+        (Leg::Tcp(c), Leg::Tcp(u)) if tracks.is_none() && uring::enabled() && uring::ready() => {
+            Transfers::Uring(uring::Sockets::new(c, u, to_upstream, to_client))
+        }
         #[cfg(target_os = "linux")]
         (Leg::Tcp(c), Leg::Tcp(u)) if splice::enabled() => {
             Transfers::Sockets(splice::Sockets::new(c, u, to_upstream, to_client, tracks))

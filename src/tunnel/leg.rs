@@ -9,9 +9,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-#[cfg(target_os = "linux")]
-use super::splice;
 use super::{Dir, Side, Step, Transfer, copy, ws};
+#[cfg(target_os = "linux")]
+use super::{splice, uring};
 
 /// Any async byte stream a leg can be.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -92,6 +92,9 @@ impl AsyncWrite for Leg {
 pub enum Transfers {
     #[cfg(target_os = "linux")]
     Sockets(splice::Sockets),
+    /// The io_uring experiment (`SLUICE_IO_URING=1`), opaque tunnels only.
+    #[cfg(target_os = "linux")]
+    Uring(uring::Sockets),
     Copy(copy::Copy<Leg, Leg>),
 }
 
@@ -105,6 +108,8 @@ impl Transfer for Transfers {
         match self {
             #[cfg(target_os = "linux")]
             Transfers::Sockets(t) => t.poll_dir(dir, cx, step),
+            #[cfg(target_os = "linux")]
+            Transfers::Uring(t) => t.poll_dir(dir, cx, step),
             Transfers::Copy(t) => t.poll_dir(dir, cx, step),
         }
     }
@@ -113,6 +118,8 @@ impl Transfer for Transfers {
         match self {
             #[cfg(target_os = "linux")]
             Transfers::Sockets(t) => t.eof(dir),
+            #[cfg(target_os = "linux")]
+            Transfers::Uring(t) => t.eof(dir),
             Transfers::Copy(t) => t.eof(dir),
         }
     }
@@ -121,6 +128,8 @@ impl Transfer for Transfers {
         match self {
             #[cfg(target_os = "linux")]
             Transfers::Sockets(t) => t.total(dir),
+            #[cfg(target_os = "linux")]
+            Transfers::Uring(t) => t.total(dir),
             Transfers::Copy(t) => t.total(dir),
         }
     }
@@ -129,6 +138,8 @@ impl Transfer for Transfers {
         match self {
             #[cfg(target_os = "linux")]
             Transfers::Sockets(t) => t.track(dir),
+            #[cfg(target_os = "linux")]
+            Transfers::Uring(t) => t.track(dir),
             Transfers::Copy(t) => t.track(dir),
         }
     }

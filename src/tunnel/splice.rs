@@ -7,8 +7,9 @@
 //! descriptors are a budget too (two per pipe), and a gateway holding thousands of
 //! idle tunnels would otherwise spend two more per direction.
 //!
-//! This module and its child `tracked` are the only ones with `unsafe`: the `splice`,
-//! `pipe2`, `fcntl` and `recv` (peek) calls.
+//! This module and its child `tracked` are, with the io_uring experiment
+//! ([`super::uring`]), the only ones with `unsafe`: here the `splice`, `pipe2`,
+//! `fcntl` and `recv` (peek) calls.
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
