@@ -914,7 +914,8 @@ grpc_trailers() {
     if awk 'NR == 1 { h2 = /^HTTP\/2 200/ } /^\r?$/ { body = 1 }
             body && tolower($0) ~ /^grpc-status: 0\r?$/ { ok = 1 }
             END { exit !(h2 && ok) }' "$out"; then
-        GRPC_TRAILERS+=("$t")
+        # Once per target, though the check runs every round.
+        [[ " ${GRPC_TRAILERS[*]} " == *" $t "* ]] || GRPC_TRAILERS+=("$t")
         echo "    one call with curl: HTTP/2 200, grpc-status 0 in the trailers" >&2
     else
         FAILURES+=("$t/grpc: a call through it with curl did not end in trailers with grpc-status 0 (see $out with --keep)")
@@ -1060,19 +1061,22 @@ tls_negotiated() {
 # The number value of key $1 in the JSON text $2 (flat, as json_str).
 json_num() { grep -o "\"$1\":[0-9]*" <<<"$2" | head -n1 | cut -d: -f2; }
 
-# For each grpc record: "sluice 11,900 of 12,000 (2 connections)": the calls the
-# backend answered with grpc-status 0 over the measured interval, of those h2load
+# For each grpc record: "sluice round 1 11,900 of 12,000 (2 connections)": the calls
+# the backend answered with grpc-status 0 over the measured interval, of those h2load
 # counted, and the HTTP/2 connections the proxy had opened to it.
 grpc_calls() {
     local line t calls first=1
+    local -A rounds=()
     while IFS= read -r line; do
         calls=$(grep -o '"backend_calls":{[^}]*}' <<<"$line")
         [[ -n "$calls" ]] || continue
         t=$(json_str target "$line")
+        rounds[$t]=$((${rounds[$t]:-0} + 1))
         ((first)) || printf ', '
         first=0
-        printf '%s %s of %s, %s refused (%s connections)' "$t" "$(json_num ok "$calls")" \
-            "$(json_num requests "$line")" "$(json_num refused "$calls")" "$(json_num connections "$calls")"
+        printf '%s round %s %s of %s, %s refused (%s connections)' "$t" "${rounds[$t]}" \
+            "$(json_num ok "$calls")" "$(json_num requests "$line")" \
+            "$(json_num refused "$calls")" "$(json_num connections "$calls")"
     done < <(grep '"mode":"grpc"' "$RESULTS")
 }
 WSS_WANTED=""
