@@ -189,29 +189,23 @@ async fn a_half_close_passes_and_the_other_way_keeps_flowing() {
 }
 
 #[tokio::test]
-async fn a_reset_upstream_is_the_upstreams_error() {
-    let (client, upstream, t) = through([b"", b""]).await;
-    let task = tokio::spawn(t);
-    socket2::SockRef::from(&upstream)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(upstream);
-    let report = within("the end", task).await.unwrap();
-    assert_eq!(report.end, End::UpstreamError);
-    drop(client);
-}
-
-#[tokio::test]
-async fn a_reset_client_is_the_clients_error() {
-    let (client, upstream, t) = through([b"", b""]).await;
-    let task = tokio::spawn(t);
-    socket2::SockRef::from(&client)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(client);
-    let report = within("the end", task).await.unwrap();
-    assert_eq!(report.end, End::ClientError);
-    drop(upstream);
+async fn a_reset_peer_is_its_sides_error() {
+    for (reset_upstream, end) in [(true, End::UpstreamError), (false, End::ClientError)] {
+        let (client, upstream, t) = through([b"", b""]).await;
+        let task = tokio::spawn(t);
+        let (reset, other) = if reset_upstream {
+            (upstream, client)
+        } else {
+            (client, upstream)
+        };
+        socket2::SockRef::from(&reset)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(reset);
+        let report = within("the end", task).await.unwrap();
+        assert_eq!(report.end, end);
+        drop(other);
+    }
 }
 
 #[tokio::test]
