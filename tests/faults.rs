@@ -27,6 +27,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use support::big_messages;
+use support::frames::frame_len;
 use support::netns::{self, CLIENT_DEV, Netns, PROXY_CLIENT_DEV, Topology, UPSTREAM_IP};
 use support::proxy::{
     ACTIVE, DOWN_BYTES, Proxy, SLOW_STEP, TUNNELS_ENDED, UP_BYTES, Ws, step, ws_connect,
@@ -71,17 +72,6 @@ fn payload_len(rng: &mut fastrand::Rng) -> usize {
         6..=8 => rng.usize(500..=32 << 10),
         _ => rng.usize(32 << 10..=512 << 10),
     }
-}
-
-/// The bytes a WebSocket frame of `len` payload bytes takes on the wire; a client's
-/// frames carry a 4-byte mask.
-fn frame_len(len: usize, masked: bool) -> u64 {
-    let ext = match len {
-        0..=125 => 0,
-        126..=65535 => 2,
-        _ => 8,
-    };
-    (2 + ext + if masked { 4 } else { 0 } + len) as u64
 }
 
 /// What one tunnel carried, as the client counted it.

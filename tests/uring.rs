@@ -6,20 +6,10 @@
 mod support;
 
 use futures_util::{SinkExt, StreamExt};
+use support::frames::frame_len;
 use support::process::Sluice;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
-
-/// The bytes a message of `len` takes on the wire: a header of 2, 4 or 10 bytes, the
-/// client's 4-byte mask, and the payload.
-fn framed(len: usize, masked: bool) -> u64 {
-    let header = match len {
-        0..=125 => 2,
-        126..=65535 => 4,
-        _ => 10,
-    };
-    (header + if masked { 4 } else { 0 } + len) as u64
-}
 
 #[tokio::test]
 async fn opaque_tunnels_through_io_uring_echo_close_and_count() {
@@ -72,8 +62,8 @@ servers = ["{}"]
     );
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     let f = &v["fields"];
-    let up: u64 = sizes.iter().map(|&l| framed(l, true)).sum::<u64>() + framed(0, true);
-    let down: u64 = sizes.iter().map(|&l| framed(l, false)).sum::<u64>() + framed(0, false);
+    let up: u64 = sizes.iter().map(|&l| frame_len(l, true)).sum::<u64>() + frame_len(0, true);
+    let down: u64 = sizes.iter().map(|&l| frame_len(l, false)).sum::<u64>() + frame_len(0, false);
     assert_eq!(f["route"], "chat");
     assert_eq!(f["status"], 101);
     assert!(

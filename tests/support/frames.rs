@@ -8,6 +8,17 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+/// The bytes a frame of `len` payload bytes takes on the wire: a header of 2, 4 or
+/// 10 bytes, a client's 4-byte mask, and the payload.
+pub fn frame_len(len: usize, masked: bool) -> u64 {
+    let ext = match len {
+        0..=125 => 0,
+        126..=65535 => 2,
+        _ => 8,
+    };
+    (2 + ext + if masked { 4 } else { 0 } + len) as u64
+}
+
 /// The FIN bit of a frame's first byte: the last frame of its message.
 pub const FIN: u8 = 0x80;
 pub const OP_CONTINUATION: u8 = 0x0;

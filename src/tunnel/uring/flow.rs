@@ -229,8 +229,8 @@ impl Ring {
         }
         match op {
             CANCEL => slot.inflight = slot.inflight.saturating_sub(1),
-            RECV | 1 => self.received(id, (op - RECV) as usize, res, flags, bid),
-            SEND | 3 => self.sent(id, (op - SEND) as usize, res, bid),
+            RECV..SEND => self.received(id, (op - RECV) as usize, res, flags, bid),
+            SEND..CANCEL => self.sent(id, (op - SEND) as usize, res, bid),
             _ => {
                 if let Some(bid) = bid {
                     self.bufs.give(bid);

@@ -127,6 +127,7 @@ fn start() -> io::Result<Arc<Shared>> {
     tokio::spawn(Driver {
         fd,
         shared: shared.clone(),
+        wakes: Vec::new(),
     });
     tracing::info!("io_uring tunnel transfer ready on this thread");
     Ok(shared)
@@ -309,11 +310,12 @@ impl Ring {
         builder.setup_cqsize(CQ_ENTRIES);
         // COOP_TASKRUN: completions are run at the thread's next system call instead
         // of interrupting it with a signal-like notification each time (a thread
-        // asleep in epoll is still woken, so no completion waits for long). It is
-        // what makes the experiment pay for small messages: 64 B × 100 conns × window
-        // 8, 1.77 us of CPU per message and 530,000 msg/s with it, 2.78 to 2.99 us and
-        // 320,000 to 346,000 without, splice 2.55 us and 385,000 (quiet machine, two
-        // runs each). `SLUICE_IO_URING_COOP=0` turns it off, to compare.
+        // asleep in epoll is still woken, so no completion waits for long). Without
+        // it the transfer lost to splice even on small messages: 64 B × 100 conns ×
+        // window 8, 1.77 us of CPU per message with it, 2.78 to 2.99 us without,
+        // splice 2.55 us (quick runs, quiet machine, two each). With it, full runs of
+        // compare.sh (3 rounds) tie with splice: 2.04 against 1.98 us, 2.19 against
+        // 2.40 (2026-12-08). `SLUICE_IO_URING_COOP=0` turns it off, to compare.
         if std::env::var("SLUICE_IO_URING_COOP").map_or(true, |v| v != "0") {
             builder.setup_coop_taskrun().setup_taskrun_flag();
         }
@@ -424,6 +426,9 @@ struct Driver {
     // Dropped (deregistered) before the ring it watches.
     fd: AsyncFd<RawFd>,
     shared: Arc<Shared>,
+    /// The wakers one turn collected, woken once the lock is let go; kept (empty)
+    /// between polls so that its room is not allocated again each time.
+    wakes: Vec<Waker>,
 }
 
 impl Future for Driver {
@@ -431,7 +436,6 @@ impl Future for Driver {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        let mut wakes = Vec::new();
         loop {
             let busy = {
                 let mut ring = this.shared.lock();
@@ -443,10 +447,10 @@ impl Future for Driver {
                     ring.driver = Some(cx.waker().clone());
                 }
                 let busy = ring.turn();
-                std::mem::swap(&mut wakes, &mut ring.wakes);
+                std::mem::swap(&mut this.wakes, &mut ring.wakes);
                 busy
             };
-            for w in wakes.drain(..) {
+            for w in this.wakes.drain(..) {
                 w.wake();
             }
             if busy {
